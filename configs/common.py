@@ -1,0 +1,129 @@
+"""Shared configuration pieces. Configs are plain ml_collections; no jax imports here."""
+
+import ml_collections
+
+
+def data_config() -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict()
+  data.labelled = ""  # Directory or glob of the study's labelled .npy files; "" = embedded default data.
+  data.unlabelled = ""  # Same for the unlabelled files.
+  data.star_fraction = 0.3  # Prior fraction of point-like objects (stars + QSOs): places the threshold.
+  data.nan_policy = "zero"  # Non-finite pixels: zero | drop | raise.
+  data.skip_bad_files = False  # Skip (count and list) malformed files instead of stopping.
+  data.normalization = "asinh"  # asinh | zscore; statistics fitted on the training (unlabelled) set.
+  data.normalizer_sample = 2000  # Images used to fit the normalisation statistics.
+  data.cache_dir = ""  # "" = $STARGAL_CACHE or ~/.cache/stargal_jax.
+  # Size of the embedded simulated data set, generated on first use and reused afterwards.
+  data.default_n_labelled = 5000
+  data.default_n_unlabelled = 10000
+  data.default_seed = 2017
+  data.workers = 0  # Simulator processes; 0 = all cores.
+  data.mag_bins = (19.0, 21.0)  # r-magnitude bin edges for the per-magnitude metrics.
+  return data
+
+
+def train_config(steps: int, batch_size: int = 128, learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
+  train = ml_collections.ConfigDict()
+  train.steps = steps
+  train.batch_size = batch_size
+  train.learning_rate = learning_rate
+  train.grad_clip = 10.0
+  train.checkpoint_every = 200
+  train.log_every = 50
+  return train
+
+
+def stage1_ae_config(steps: int) -> ml_collections.ConfigDict:
+  """The study's stage-1 AE: conv 40-40-20-20, LeakyReLU(0.3), batch norm, 30-d tanh latent, MSE."""
+  ae = ml_collections.ConfigDict()
+  ae.model = "conv_ae"
+  ae.model_kwargs = ml_collections.ConfigDict(dict(
+      latent_dim=30, channels=(40, 40, 20, 20), activation="leaky_relu", norm="batch",
+      latent_activation="tanh"))
+  ae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0))
+  ae.loss_options = ml_collections.ConfigDict()
+  ae.train = train_config(steps)
+  return ae
+
+
+def score_config(method: str = "isomap", unit: int = 0) -> ml_collections.ConfigDict:
+  score = ml_collections.ConfigDict()
+  score.method = method  # latent_unit | isomap | tsne | spectral | pca | gmm | kmeans
+  score.unit = unit  # For method latent_unit: which latent unit's mean is the 1-D score.
+  score.n_neighbors = 10
+  score.fit_size = 5000  # Manifold fitted on this many objects, extended out of sample to the rest.
+  return score
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.pipeline = ""
+  config.seed = 0
+  config.num_seeds = 1
+  config.data = data_config()
+  config.ae = ml_collections.ConfigDict()  # Stage-1 autoencoder (hierarchical pipelines only).
+  config.vae = ml_collections.ConfigDict()  # The classifying model.
+  config.score = score_config()
+  config.eval = ml_collections.ConfigDict(dict(supervised_ceiling=True, eval_batch_size=256, plots=True))
+  return config
+
+
+def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to run end to end in seconds (tests, CI)."""
+  config.data.default_n_labelled = 300
+  config.data.default_n_unlabelled = 400
+  config.data.normalizer_sample = 200
+  config.score.fit_size = 300
+  for stage in (config.ae, config.vae):
+    if "train" in stage:
+      stage.train.steps = 6
+      stage.train.batch_size = 32
+      stage.train.checkpoint_every = 3
+      stage.train.log_every = 2
+  return config
+
+
+def parse_arg(arg: str | None) -> set[str]:
+  """`configs/x.py:smoke,star` -> {'smoke', 'star'}."""
+  return {a.strip() for a in (arg or "").split(",") if a.strip()}
+
+
+def conv_vae_config(steps: int, latent_dim: int = 2, mu_activation: str = "none") -> ml_collections.ConfigDict:
+  vae = ml_collections.ConfigDict()
+  vae.model = "conv_vae"
+  vae.model_kwargs = ml_collections.ConfigDict(dict(
+      latent_dim=latent_dim, channels=(32, 64, 128, 256), activation="relu", norm="none",
+      mu_activation=mu_activation, eps_scale=1.0))
+  vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, kl=1.0))
+  vae.loss_options = ml_collections.ConfigDict()
+  vae.train = train_config(steps)
+  return vae
+
+
+def dense_vae_config(steps: int, latent_dim: int = 2, eps_scale: float = 0.1) -> ml_collections.ConfigDict:
+  vae = ml_collections.ConfigDict()
+  vae.model = "dense_vae"
+  vae.model_kwargs = ml_collections.ConfigDict(dict(
+      in_dim=30, hidden=30, latent_dim=latent_dim, eps_scale=eps_scale, out_activation="tanh"))
+  vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, kl=1.0))
+  vae.loss_options = ml_collections.ConfigDict()
+  vae.train = train_config(steps, batch_size=256, learning_rate=3e-3)
+  return vae
+
+
+def vae_penalty_config(arg: str | None, term: str, options: dict, mu_activation: str = "none"):
+  """Vr(X)+M: the conv VAE with a revised latent penalty in place of the KL, then manifold learning."""
+  config = base_config()
+  config.pipeline = "vae_manifold"
+  config.vae = conv_vae_config(steps=1200, mu_activation=mu_activation)
+  config.vae.loss = ml_collections.ConfigDict({"recon_mse": 1.0, term: 1.0})
+  config.vae.loss_options = ml_collections.ConfigDict({term: options} if options else {})
+  config.score = score_config("isomap")
+  return finish(config, arg)
+
+
+def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg)
+  if "smoke" in args:
+    apply_smoke(config)
+  return config

@@ -1,0 +1,102 @@
+"""Latents -> 1-D score -> label-free orientation -> metrics beside the classical baselines and a supervised
+ceiling -> `metrics.json`, `predictions.npz`, `latents.npz`, `plots/`, `report.md`.
+
+Labels are read here and only here, after training, to score what the unsupervised method produced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stargal_jax import manifold, metrics, morphology, plots, report
+from stargal_jax.data.formats import CLASS_CODES
+
+EMBEDDING_METHODS = ("isomap", "tsne", "spectral", "pca")
+CLUSTER_METHODS = ("gmm", "kmeans")
+
+
+def score_from_latents(latents: np.ndarray, score_config, seed: int) -> np.ndarray:
+  """The study's 1-D score: one latent unit's mean, a manifold embedding to 1-D, or a 2-cluster posterior."""
+  method = score_config.method
+  if method == "latent_unit":
+    return np.asarray(latents[:, score_config.unit], dtype=np.float64)
+  if method in EMBEDDING_METHODS:
+    return manifold.embed_1d(latents, method=method, n_neighbors=score_config.n_neighbors,
+                             fit_size=score_config.fit_size, seed=seed)
+  if method in CLUSTER_METHODS:
+    return manifold.cluster_2(latents, method=method, seed=seed)[1]
+  raise ValueError(f"Unknown score method {method!r}; valid: {['latent_unit', *EMBEDDING_METHODS, *CLUSTER_METHODS]}")
+
+
+def image_measurements(store, chunk: int = 2048) -> dict[str, np.ndarray]:
+  """Label-free measurements on the raw images (r magnitude, extendedness, classical baseline scores), chunked
+  so that a full-size store is never read into memory at once."""
+  parts: dict[str, list[np.ndarray]] = {}
+  for start in range(0, len(store), chunk):
+    images = store.read(np.arange(start, min(start + chunk, len(store))))
+    values = {"r_mag": morphology.r_magnitude(images), "extendedness": morphology.extendedness(images)}
+    values.update({f"baseline_{k}": v for k, v in morphology.classical_baseline_scores(images).items()})
+    for k, v in values.items():
+      parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def evaluate(latents: np.ndarray, raw_score: np.ndarray, labelled_store, measurements: dict, star_fraction: float,
+             mag_bins, seed: int, supervised_ceiling: bool = True) -> dict:
+  labels = np.asarray(labelled_store.index["label"])
+  is_galaxy = labels == CLASS_CODES["GALAXY"]
+  score, sign = metrics.orient_score(raw_score, measurements["extendedness"])
+  result = {"method": metrics.classification_metrics(is_galaxy, score, star_fraction, measurements["r_mag"],
+                                                       mag_bins),
+            "orientation_sign": int(sign)}
+  result["baselines"] = {
+      name[len("baseline_"):]: metrics.classification_metrics(is_galaxy, values, star_fraction,
+                                                               measurements["r_mag"], mag_bins)
+      for name, values in measurements.items() if name.startswith("baseline_")}
+  if supervised_ceiling:
+    result["supervised_ceiling"] = manifold.supervised_ceiling(latents, is_galaxy, seed=seed)
+  result["score"] = score
+  result["pred"] = metrics.prior_threshold_predictions(score, star_fraction)
+  result["threshold"] = float(np.quantile(score, star_fraction))
+  return result
+
+
+def write_outputs(workdir: Path, evaluation: dict, latents: np.ndarray, labelled_store, measurements: dict,
+                  extra_metrics: dict, config_text: str, make_plots: bool = True) -> dict:
+  """Writes metrics.json (headline numbers at top level), predictions.npz, latents.npz, plots/, report.md."""
+  workdir = Path(workdir)
+  labels = np.asarray(labelled_store.index["label"])
+  is_galaxy = labels == CLASS_CODES["GALAXY"]
+  method = evaluation["method"]
+  headline = {k: method[k] for k in ("auc", "auc_best_sign", "accuracy", "galaxy_purity_at_96_completeness",
+                                     "star_completeness_at_97_purity")}
+  out = {**headline, "by_mag": method["by_mag"], "orientation_sign": evaluation["orientation_sign"],
+         "method": method, "baselines": evaluation["baselines"], **extra_metrics}
+  if "supervised_ceiling" in evaluation:
+    out["supervised_ceiling"] = evaluation["supervised_ceiling"]
+  (workdir / "metrics.json").write_text(json.dumps(metrics.to_json_safe(out), indent=2))
+  np.savez(workdir / "predictions.npz", objID=np.asarray(labelled_store.index["objID"]),
+           score=evaluation["score"].astype(np.float32), pred=evaluation["pred"].astype(np.int8))
+  np.savez(workdir / "latents.npz", objID=np.asarray(labelled_store.index["objID"]), latents=latents,
+           label=labels, r_mag=measurements["r_mag"])
+  plot_paths: dict[str, str] = {}
+  if make_plots:
+    plot_dir = workdir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    curves = {"unsupervised method": (is_galaxy, evaluation["score"])}
+    curves.update({f"baseline: {k}": (is_galaxy, measurements[f"baseline_{k}"]) for k in evaluation["baselines"]})
+    plot_paths["roc"] = plots.plot_roc(curves, plot_dir / "roc.png")
+    latents2d = latents[:, :2] if latents.shape[1] >= 2 else np.c_[latents[:, 0], measurements["extendedness"]]
+    plot_paths["latents"] = plots.plot_latents(latents2d, labels, plot_dir / "latents.png")
+    threshold = evaluation["threshold"]
+    plot_paths["score_histograms"] = plots.plot_score_histograms(evaluation["score"], labels, threshold,
+                                                                 plot_dir / "score_histograms.png")
+    by_mag = {"unsupervised method": method["by_mag"]}
+    by_mag.update({f"baseline: {k}": v["by_mag"] for k, v in evaluation["baselines"].items()})
+    plot_paths["auc_vs_mag"] = plots.plot_auc_vs_mag(by_mag, plot_dir / "auc_vs_mag.png")
+    plot_paths = {k: str(Path(v).relative_to(workdir)) for k, v in plot_paths.items()}
+  report.write_report(workdir, metrics.to_json_safe(out), plot_paths, config_text)
+  return out

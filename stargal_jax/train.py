@@ -1,0 +1,220 @@
+"""One trainer for every model: a jitted pure step over a dict of pytrees, orbax checkpoints, NaN stop, resume.
+
+The train state is a plain dict `{'params', 'model_state', 'opt_state'[, 'critic', 'critic_opt']}`. Batches are a
+pure function of the step (`batch_for_step(step)`), and the step's PRNG key is `fold_in(key, step)`, so a run killed
+part-way and restarted from its checkpoint follows exactly the same trajectory as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from stargal_jax import losses, models
+
+Batch = Mapping[str, np.ndarray]
+
+
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss or gradient: training stopped, the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  graphdef: Any
+  params: Any
+  model_state: Any
+  history: list[dict[str, float]]
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), optax.adam(train_config.learning_rate))
+
+
+def data_mesh(batch_size: int) -> Mesh:
+  """Local devices on one 'data' axis (as many as divide the batch): batches are split, parameters replicated."""
+  devices = jax.devices()
+  count = max(k for k in range(1, len(devices) + 1) if batch_size % k == 0)
+  return Mesh(np.asarray(devices[:count]), ("data",))
+
+
+def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+
+
+def replicate(tree, mesh: Mesh):
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def _finite_tree(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(graphdef, loss_fn: Callable, optimizer: optax.GradientTransformation,
+                    transform_outputs: Callable | None = None, critic_optimizer=None, critic_gp_weight=10.0):
+  """Returns a jitted `step(train_state, batch, key) -> (train_state, metrics)`.
+
+  `transform_outputs(outputs, batch) -> (outputs, batch)` lets a pipeline measure the reconstruction elsewhere
+  (e.g. in a frozen AE's feature space) without touching the model or the loss terms. A non-finite loss or
+  gradient leaves the state unchanged and sets `metrics['finite'] = False`, so the host can stop on the last
+  good state.
+  """
+
+  def objective(params, model_state, batch, key, critic_params):
+    model_key, loss_key = jax.random.split(key)
+    outputs, new_model_state = models.apply_model(graphdef, params, model_state, batch["x"], key=model_key,
+                                                  train=True)
+    if transform_outputs is not None:
+      outputs, batch = transform_outputs(outputs, batch)
+    context = {"key": loss_key}
+    if critic_params is not None:
+      context["critic_params"] = critic_params
+    total, metrics = loss_fn(outputs, batch, context)
+    return total, (metrics, new_model_state, outputs.get("z"))
+
+  def step(train_state, batch, key):
+    critic_params = train_state.get("critic")
+    (total, (metrics, new_model_state, z)), grads = jax.value_and_grad(objective, has_aux=True)(
+        train_state["params"], train_state["model_state"], batch, key, critic_params)
+    updates, new_opt_state = optimizer.update(grads, train_state["opt_state"], train_state["params"])
+    new_state = dict(train_state, params=optax.apply_updates(train_state["params"], updates),
+                     model_state=new_model_state, opt_state=new_opt_state)
+    grad_norm = optax.global_norm(grads)
+    metrics = dict(metrics, grad_norm=grad_norm)
+    if critic_params is not None:
+      # WAE-GAN: the critic learns to tell prior samples from encoded z (stop-gradient into the encoder).
+      critic_key, prior_key = jax.random.split(jax.random.fold_in(key, 1))
+      z_q = jax.lax.stop_gradient(z)
+      z_p = jax.random.normal(prior_key, z_q.shape, z_q.dtype)
+      c_loss, c_grads = jax.value_and_grad(losses.critic_loss)(critic_params, z_q, z_p, critic_key,
+                                                                gp_weight=critic_gp_weight)
+      c_updates, new_critic_opt = critic_optimizer.update(c_grads, train_state["critic_opt"], critic_params)
+      new_state.update(critic=optax.apply_updates(critic_params, c_updates), critic_opt=new_critic_opt)
+      metrics["critic_loss"] = c_loss
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & _finite_tree(new_state["params"])
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, train_state)
+    metrics["finite"] = finite
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def _checkpoint_manager(ckpt_dir: Path, keep: int = 2) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
+
+
+def _to_host_tree(train_state):
+  return jax.tree.map(np.asarray, jax.device_get(train_state))
+
+
+def train(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
+          batch_for_step: Callable[[int], Batch], key: jax.Array, ckpt_dir: Path, name: str,
+          transform_outputs: Callable | None = None, mesh: Mesh | None = None) -> TrainResult:
+  """Trains `model` for `train_config.steps` steps, resuming from `ckpt_dir` when it holds a checkpoint.
+
+  Raises TrainingDiverged (naming the step and the loss terms) on a non-finite loss or gradient; the
+  checkpoints written before that step are kept.
+  """
+  mesh = mesh or data_mesh(int(train_config.batch_size))
+  graphdef, params, model_state = models.split_model(model)
+  loss_fn = losses.make_loss_fn(dict(loss_weights), {k: dict(v) for k, v in loss_options.items()})
+  optimizer = make_optimizer(train_config)
+  train_state = {"params": params, "model_state": model_state, "opt_state": optimizer.init(params)}
+  critic_optimizer = None
+  if loss_weights.get("adversarial", 0.0):
+    critic_optimizer = optax.adam(train_config.learning_rate)
+    latent_dim = int(model_state_latent_dim(model))
+    critic = losses.init_critic(jax.random.fold_in(key, 10**6), latent_dim)
+    train_state.update(critic=critic, critic_opt=critic_optimizer.init(critic))
+  step_fn = make_train_step(graphdef, loss_fn, optimizer, transform_outputs, critic_optimizer)
+
+  manager = _checkpoint_manager(ckpt_dir)
+  start = 0
+  latest = manager.latest_step()
+  if latest is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_host_tree(train_state))
+    restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    train_state, start = restored, int(latest)
+    logging.info("%s: resumed from checkpoint at step %d", name, start)
+    print(f"[{name}] resumed from checkpoint at step {start}", flush=True)
+  train_state = replicate(train_state, mesh)
+
+  history: list[dict[str, float]] = []
+  steps = int(train_config.steps)
+  t0, images_seen = time.perf_counter(), 0
+  for step in range(start, steps):
+    batch = shard_batch(batch_for_step(step), mesh)
+    train_state, metrics = step_fn(train_state, batch, jax.random.fold_in(key, step))
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not host.pop("finite"):
+      manager.wait_until_finished()
+      terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
+      raise TrainingDiverged(
+          f"[{name}] non-finite loss or gradient at step {step} ({terms}); stopped. The last good checkpoint "
+          f"(step {manager.latest_step()}) is kept in {ckpt_dir}.")
+    images_seen += len(next(iter(batch.values())))
+    done = step + 1
+    if done % train_config.log_every == 0 or done == steps:
+      rate = images_seen / max(time.perf_counter() - t0, 1e-9)
+      left = (steps - done) * train_config.batch_size / max(rate, 1e-9)
+      history.append(dict(step=done, **host, images_per_second=rate))
+      terms = " ".join(f"{k}={v:.4g}" for k, v in host.items())
+      print(f"[{name}] step {done}/{steps} {terms} | {rate:.0f} img/s | ~{left:.0f}s left", flush=True)
+    if done % train_config.checkpoint_every == 0 or done == steps:
+      manager.save(done, args=ocp.args.StandardSave(_to_host_tree(train_state)))
+  manager.wait_until_finished()
+  manager.close()
+  return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
+
+
+def model_state_latent_dim(model) -> int:
+  """Latent width of a registry model (for the adversarial critic's input)."""
+  for attr in ("latent_dim",):
+    if hasattr(model, attr):
+      return int(getattr(model, attr))
+  raise ValueError(f"{type(model).__name__} exposes no latent_dim; the adversarial term needs it.")
+
+
+def make_predict_fn(graphdef):
+  """Jitted deterministic forward pass (eval mode, z = mu)."""
+
+  @jax.jit
+  def predict(params, model_state, x):
+    outputs, _ = models.apply_model(graphdef, params, model_state, x, key=None, train=False)
+    return outputs
+
+  return predict
+
+
+def predict_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int, batch_size: int,
+                       keys: tuple[str, ...] = ("mu", "z")) -> dict[str, np.ndarray]:
+  """Runs the trained model over `n` objects; `inputs(indices)` returns the model inputs for those indices.
+
+  The last chunk is padded to the batch size so the program compiles once.
+  """
+  predict = make_predict_fn(result.graphdef)
+  chunks: dict[str, list[np.ndarray]] = {}
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    x = inputs(idx)
+    pad = batch_size - len(idx)
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    out = jax.device_get(predict(result.params, result.model_state, x))
+    for k in keys:
+      if k in out:
+        chunks.setdefault(k, []).append(np.asarray(out[k])[: len(idx)])
+  return {k: np.concatenate(v) for k, v in chunks.items()}
