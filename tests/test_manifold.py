@@ -1,0 +1,117 @@
+"""Tests for stargal_jax.manifold on synthetic curved 1-D manifolds with known groups."""
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from stargal_jax import manifold
+
+
+def arc_with_two_segments(n=240, seed=0, noise=0.05):
+  """Points on a 3-D-embedded arc of radius 3: group 1 on angles 0.2-1.2, group 0 on 1.8-3.0.
+
+  The two groups overlap along the first coordinate's straight-line projection less than along
+  the arc, which is what a 1-D manifold learner must follow.
+  """
+  rng = np.random.default_rng(seed)
+  group = rng.random(n) < 0.3
+  angle = np.where(group, rng.uniform(0.2, 1.2, n), rng.uniform(1.8, 3.0, n))
+  points = np.c_[3 * np.cos(angle), 3 * np.sin(angle), np.zeros(n)] + rng.normal(0, noise, (n, 3))
+  return points, group, angle
+
+
+def connected_arc(n=240, seed=1, noise=0.05):
+  rng = np.random.default_rng(seed)
+  angle = rng.uniform(0.2, 3.0, n)
+  points = np.c_[3 * np.cos(angle), 3 * np.sin(angle), np.zeros(n)] + rng.normal(0, noise, (n, 3))
+  return points, angle
+
+
+def best_sign_auc(labels, score):
+  auc = roc_auc_score(labels, score)
+  return max(auc, 1 - auc)
+
+
+@pytest.mark.parametrize("method", sorted(manifold.EMBEDDINGS))
+def test_each_embedding_separates_the_two_groups(method):
+  points, group, _ = arc_with_two_segments()
+  score = manifold.embed_1d(points, method, n_neighbors=10, seed=0)
+  assert score.shape == (len(points),)
+  assert best_sign_auc(group, score) > 0.95
+
+
+@pytest.mark.parametrize("method", sorted(manifold.EMBEDDINGS))
+def test_out_of_sample_extension_agrees_with_full_fit(method):
+  points, angle = connected_arc()
+  full = manifold.embed_1d(points, method, fit_size=len(points), seed=0)
+  subsampled = manifold.embed_1d(points, method, fit_size=120, seed=0)
+  assert abs(spearmanr(full, subsampled).statistic) > 0.95
+  assert abs(spearmanr(full, angle).statistic) > 0.95  # and both follow the arc
+
+
+def test_isomap_follows_the_arc_where_pca_folds_it():
+  # Seven eighths of a circle: its PCA projection folds the ends together, geodesics do not.
+  rng = np.random.default_rng(2)
+  angle = rng.uniform(0.0, 1.75 * np.pi, 300)
+  points = np.c_[np.cos(angle), np.sin(angle)] + rng.normal(0, 0.01, (300, 2))
+  isomap = abs(spearmanr(manifold.embed_1d(points, "isomap"), angle).statistic)
+  pca = abs(spearmanr(manifold.embed_1d(points, "pca"), angle).statistic)
+  assert isomap > 0.99 and pca < 0.9
+
+
+@pytest.mark.parametrize("method", ["isomap", "spectral", "tsne"])
+def test_deterministic_given_seed(method):
+  points, _, _ = arc_with_two_segments(n=160, seed=3)
+  first = manifold.embed_1d(points, method, fit_size=100, seed=7)
+  second = manifold.embed_1d(points, method, fit_size=100, seed=7)
+  # ARPACK draws its start vector from numpy's global generator: equal to rounding, not bits.
+  np.testing.assert_allclose(first, second, rtol=0, atol=1e-9 * np.abs(first).max())
+  other_subsample = manifold.embed_1d(points, method, fit_size=100, seed=8)
+  assert not np.allclose(first, other_subsample)
+
+
+def test_one_dimensional_latents_pass_through():
+  values = np.array([3.0, -1.0, 2.5])
+  np.testing.assert_array_equal(manifold.embed_1d(values, "isomap"), values)
+  np.testing.assert_array_equal(manifold.embed_1d(values[:, None], "tsne"), values)
+
+
+def test_unknown_names_list_valid_names():
+  with pytest.raises(ValueError, match="isomap.*pca.*spectral.*tsne"):
+    manifold.embed_1d(np.zeros((5, 2)), "umap")
+  with pytest.raises(ValueError, match="gmm.*kmeans"):
+    manifold.cluster_2(np.zeros((5, 2)), "dbscan", seed=0)
+
+
+@pytest.mark.parametrize("method", sorted(manifold.CLUSTERERS))
+def test_cluster_2_finds_the_groups(method):
+  points, group, _ = arc_with_two_segments(seed=4)
+  labels, score = manifold.cluster_2(points, method, seed=0)
+  assert set(np.unique(labels)) == {0, 1}
+  agreement = max(np.mean(labels == group), np.mean(labels != group))
+  assert agreement > 0.97
+  assert best_sign_auc(group, score) > 0.99
+  # The score and the labels tell the same story: label 1 has the larger scores.
+  assert score[labels == 1].min() >= score[labels == 0].max()
+  np.testing.assert_array_equal(manifold.cluster_2(points, method, seed=0)[0], labels)
+
+
+def test_kmeans_score_is_the_distance_difference():
+  rng = np.random.default_rng(5)
+  points = np.r_[rng.normal(-2, 0.3, (50, 2)), rng.normal(2, 0.3, (50, 2))]
+  labels, score = manifold.cluster_2(points, "kmeans", seed=0)
+  centres = np.array([points[labels == 0].mean(0), points[labels == 1].mean(0)])
+  expected = (np.linalg.norm(points - centres[0], axis=1) - np.linalg.norm(points - centres[1], axis=1))
+  np.testing.assert_allclose(score, expected, rtol=1e-6)
+  assert centres[1, 0] > centres[0, 0]  # component 1: larger first coordinate
+
+
+def test_supervised_ceiling_separable_and_random_labels():
+  rng = np.random.default_rng(6)
+  points = rng.normal(size=(400, 3))
+  separable = points[:, 0] + 0.5 * points[:, 1] > 0
+  ceiling = manifold.supervised_ceiling(points * [1.0, 1.0, 100.0], separable, seed=0)
+  assert ceiling["auc"] > 0.99 and ceiling["accuracy"] > 0.95
+  noise = manifold.supervised_ceiling(points, rng.random(400) < 0.5, seed=0)
+  assert abs(noise["auc"] - 0.5) < 0.1 and abs(noise["accuracy"] - 0.5) < 0.1
