@@ -98,5 +98,15 @@ def write_outputs(workdir: Path, evaluation: dict, latents: np.ndarray, labelled
     by_mag.update({f"baseline: {k}": v["by_mag"] for k, v in evaluation["baselines"].items()})
     plot_paths["auc_vs_mag"] = plots.plot_auc_vs_mag(by_mag, plot_dir / "auc_vs_mag.png")
     plot_paths = {k: str(Path(v).relative_to(workdir)) for k, v in plot_paths.items()}
-  report.write_report(workdir, metrics.to_json_safe(out), plot_paths, config_text)
+  report.write_report(workdir, metrics.to_json_safe(report_rows(out)), plot_paths, config_text,
+                      title=f"stargal_jax: {out.get('pipeline', 'evaluation')}")
   return out
+
+
+def report_rows(out: dict) -> dict:
+  """The report's rows: the method, each classical baseline, and the supervised ceiling."""
+  rows = {"unsupervised method": dict(out["method"], kind="method")}
+  rows.update({f"baseline: {k}": dict(v, kind="baseline") for k, v in out["baselines"].items()})
+  if "supervised_ceiling" in out:
+    rows["supervised ceiling (logistic regression on latents, CV)"] = dict(out["supervised_ceiling"], kind="ceiling")
+  return rows

@@ -41,9 +41,8 @@ def load_inputs(data_config, seed: int = 0) -> Inputs:
   common = dict(cache_dir=cache, nan_policy=data_config.nan_policy, skip_bad_files=data_config.skip_bad_files)
   unlabelled = stores.open_dataset(unlabelled_src, kind="unlabelled", **common)
   labelled = stores.open_dataset(labelled_src, kind="labelled", **common)
-  sample = np.random.default_rng(seed).choice(
-      len(unlabelled), size=min(len(unlabelled), data_config.normalizer_sample), replace=False)
-  normalizer = normalization.fit_normalizer(unlabelled.read(np.sort(sample)), data_config.normalization)
+  normalizer = normalization.fit_normalizer(unlabelled, data_config.normalization,
+                                            max_images=data_config.normalizer_sample, seed=seed)
   truth = _aligned_truth(truth_path, labelled) if truth_path else None
   return Inputs(unlabelled, labelled, normalizer, truth, source)
 

@@ -63,7 +63,8 @@ def _finite_tree(tree) -> jax.Array:
 
 
 def make_train_step(graphdef, loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    transform_outputs: Callable | None = None, critic_optimizer=None, critic_gp_weight=10.0):
+                    transform_outputs: Callable | None = None, critic_optimizer=None,
+                    adversarial_options: Mapping | None = None, critic_gp_weight=10.0):
   """Returns a jitted `step(train_state, batch, key) -> (train_state, metrics)`.
 
   `transform_outputs(outputs, batch) -> (outputs, batch)` lets a pipeline measure the reconstruction elsewhere
@@ -96,8 +97,10 @@ def make_train_step(graphdef, loss_fn: Callable, optimizer: optax.GradientTransf
     if critic_params is not None:
       # WAE-GAN: the critic learns to tell prior samples from encoded z (stop-gradient into the encoder).
       critic_key, prior_key = jax.random.split(jax.random.fold_in(key, 1))
-      z_q = jax.lax.stop_gradient(z)
-      z_p = jax.random.normal(prior_key, z_q.shape, z_q.dtype)
+      options = dict(adversarial_options or {})
+      units = options.pop("units", None)
+      z_q = jax.lax.stop_gradient(z if units is None else z[:, jnp.asarray(units)])
+      z_p = losses.sample_prior(prior_key, z_q.shape, **options).astype(z_q.dtype)
       c_loss, c_grads = jax.value_and_grad(losses.critic_loss)(critic_params, z_q, z_p, critic_key,
                                                                 gp_weight=critic_gp_weight)
       c_updates, new_critic_opt = critic_optimizer.update(c_grads, train_state["critic_opt"], critic_params)
@@ -133,13 +136,15 @@ def train(model, train_config, loss_weights: Mapping[str, float], loss_options: 
   loss_fn = losses.make_loss_fn(dict(loss_weights), {k: dict(v) for k, v in loss_options.items()})
   optimizer = make_optimizer(train_config)
   train_state = {"params": params, "model_state": model_state, "opt_state": optimizer.init(params)}
-  critic_optimizer = None
+  critic_optimizer, adversarial_options = None, None
   if loss_weights.get("adversarial", 0.0):
     critic_optimizer = optax.adam(train_config.learning_rate)
-    latent_dim = int(model_state_latent_dim(model))
-    critic = losses.init_critic(jax.random.fold_in(key, 10**6), latent_dim)
+    adversarial_options = dict(loss_options.get("adversarial", {}))
+    units = adversarial_options.get("units")
+    critic_dim = len(units) if units is not None else latent_dim_of(model)
+    critic = losses.init_critic(jax.random.fold_in(key, 10**6), critic_dim)
     train_state.update(critic=critic, critic_opt=critic_optimizer.init(critic))
-  step_fn = make_train_step(graphdef, loss_fn, optimizer, transform_outputs, critic_optimizer)
+  step_fn = make_train_step(graphdef, loss_fn, optimizer, transform_outputs, critic_optimizer, adversarial_options)
 
   manager = _checkpoint_manager(ckpt_dir)
   start = 0
@@ -180,12 +185,11 @@ def train(model, train_config, loss_weights: Mapping[str, float], loss_options: 
   return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
 
 
-def model_state_latent_dim(model) -> int:
-  """Latent width of a registry model (for the adversarial critic's input)."""
-  for attr in ("latent_dim",):
-    if hasattr(model, attr):
-      return int(getattr(model, attr))
-  raise ValueError(f"{type(model).__name__} exposes no latent_dim; the adversarial term needs it.")
+def latent_dim_of(model) -> int:
+  """Latent width of a registry model (the adversarial critic's input)."""
+  if not hasattr(model, "latent_dim"):
+    raise ValueError(f"{type(model).__name__} exposes no latent_dim; the adversarial term needs it.")
+  return int(model.latent_dim)
 
 
 def make_predict_fn(graphdef):

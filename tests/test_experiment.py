@@ -12,7 +12,8 @@ import pytest
 from stargal_jax import experiment, inputs as inputs_lib
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ["cvae", "vae_manifold", "ae_manifold", "vae_sc", "vae_dkl", "vae_aw", "vae_pw", "ae_vae", "vae_aeloss"]
+CONFIGS = ["cvae", "vae_manifold", "ae_manifold", "vae_sc", "vae_dkl", "vae_aw", "vae_pw", "vae_wae", "ae_vae",
+           "vae_aeloss"]
 
 
 def load_config(name, arg="smoke"):
@@ -45,7 +46,7 @@ def test_every_config_runs_end_to_end(name, smoke_cache, tmp_path):
   assert json.loads((tmp_path / "metrics.json").read_text())["auc"] == pytest.approx(out["auc"])
 
 
-@pytest.mark.parametrize("name,arg", [("vae_aw", "smoke,star"), ("vae_pw", "smoke,star"),
+@pytest.mark.parametrize("name,arg", [("vae_aw", "smoke,star"), ("vae_pw", "smoke,star"), ("vae_wae", "smoke,adversarial"),
                                       ("vae_dkl", "smoke,authors")])
 def test_principled_and_authors_variants_run(name, arg, smoke_cache, tmp_path):
   out = experiment.run(smoke_config(name, smoke_cache, arg), tmp_path)

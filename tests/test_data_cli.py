@@ -1,0 +1,63 @@
+"""`python -m stargal_jax.data summarize`, run as a subprocess: JSON output and exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from stargal_jax.data import formats
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "stargal_jax.data", "summarize", *map(str, args)],
+                        capture_output=True, text=True, timeout=60)
+
+
+def _images(n, seed):
+  return np.random.default_rng(seed).standard_normal((n,) + formats.IMAGE_SHAPE).astype(np.float32)
+
+
+def _write_sets(tmp_path):
+  labelled, unlabelled = tmp_path / "labelled", tmp_path / "unlabelled"
+  labelled.mkdir(), unlabelled.mkdir()
+  images = _images(3, 0)
+  images[2, 1, 0, :5] = np.nan
+  formats.write_labelled(labelled / "a.npy", [1, 2, 3], images, ["STAR", "GALAXY", "GALAXY"], [0, 0.1, 0.2])
+  formats.write_labelled(labelled / "b.npy", [4], _images(1, 1), ["QSO"], [1.2])
+  for i in range(4):
+    formats.write_unlabelled(unlabelled / f"u{i}.npy", _images(1, 10 + i))
+  return labelled, unlabelled, images
+
+
+def test_summary_json_counts(tmp_path):
+  labelled, unlabelled, images = _write_sets(tmp_path)
+  result = _run("--labelled", labelled, "--unlabelled", str(unlabelled / "u*.npy"), "--nan-policy", "drop")
+  assert result.returncode == 0, result.stderr
+  summary = json.loads(result.stdout)
+  lab, unl = summary["labelled"], summary["unlabelled"]
+  assert (lab["n_files"], lab["n_records"], lab["n_objects"]) == (2, 4, 3)
+  assert lab["classes"] == {"STAR": 1, "GALAXY": 1, "QSO": 1}
+  assert lab["nonfinite"] == {"policy": "drop", "objects": 1, "pixels": int((~np.isfinite(images)).sum()),
+                              "action": "objects dropped"}
+  assert (unl["n_files"], unl["n_objects"], unl["nonfinite"]["objects"]) == (4, 4, 0)
+  only = json.loads(_run("--unlabelled", unlabelled).stdout)
+  assert list(only) == ["unlabelled"] and only["unlabelled"]["n_objects"] == 4
+
+
+def test_bad_input_exits_2_naming_file_and_record(tmp_path):
+  labelled, _, _ = _write_sets(tmp_path)
+  bad = labelled / "c.npy"
+  formats.write_labelled(bad, [5, 6], _images(2, 2), ["GALAXY", "COMET"], [0, 0])
+  result = _run("--labelled", labelled)
+  assert result.returncode == 2 and result.stdout == ""
+  assert f"{bad}, record 1: unknown class 'COMET'" in result.stderr
+  raised = _run("--labelled", labelled / "a.npy", "--nan-policy", "raise")
+  assert raised.returncode == 2 and "a.npy, record 2: 5 non-finite pixels" in raised.stderr
+  skipped = _run("--labelled", labelled, "--skip-bad-files")
+  assert skipped.returncode == 0, skipped.stderr
+  summary = json.loads(skipped.stdout)["labelled"]
+  assert summary["n_bad_files"] == 1 and summary["bad_files"][0]["path"] == str(bad)
+  assert summary["n_objects"] == 4 and summary["nonfinite"]["action"] == "non-finite pixels set to 0"
+  missing = _run("--labelled", tmp_path / "nowhere" / "*.npy")
+  assert missing.returncode == 2 and "no .npy files match" in missing.stderr
