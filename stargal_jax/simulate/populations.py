@@ -1,0 +1,354 @@
+"""Draws what is in a cutout: observing conditions, the central object and its neighbours.
+
+Stars follow the SDSS stellar locus, QSOs the SDSS colour-redshift relation, and galaxies are
+bulge + disk systems whose redshift follows their apparent magnitude and whose size follows a
+published size-luminosity relation seen through a Planck18 cosmology, so that faint, distant
+galaxies become nearly unresolved as in the real data. All randomness comes from the numpy
+`Generator` passed in; nothing here draws pixels (see `render`).
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+from scipy import optimize, special
+
+from stargal_jax.simulate import params as P
+
+KINDS = ("STAR", "GALAXY", "QSO")
+
+# --- brightness distributions of the central objects ------------------------------------------
+# Spectroscopic-like part (weight 1 - faint_fraction). Galaxies: 70% SDSS main sample, Euclidean
+# counts dN/dm ~ 10^(0.6 m) up to its Petrosian limit r = 17.77 (Strauss et al. 2002, AJ 124,
+# 1810); 30% LRG/BOSS-like targets spread over r 17.5-20.5 (Eisenstein et al. 2001; Dawson et al.
+# 2013). Stars: SEGUE-like, flat in r up to 20.5 (Yanny et al. 2009). QSOs: counts slope 0.5 over
+# r 16-21 (Richards et al. 2006 number counts; BOSS QSOs reach g ~ 22).
+MAIN_SAMPLE_LIMIT = 17.77
+MAIN_SAMPLE_SHARE = 0.7
+LRG_RANGE = (17.5, 20.5)
+STAR_SPEC_FAINT = 20.5
+QSO_SPEC_RANGE = (16.0, 21.0)
+QSO_SPEC_SLOPE = 0.5
+# Faint photometric part (weight faint_fraction), counts slopes d log N / dm over r 19-limit:
+# galaxies 0.45 (Yasuda et al. 2001, AJ 122, 1104), stars 0.15 at high latitude (Juric et al.
+# 2008), QSOs 0.3 (Richards et al. 2006, faint end).
+FAINT_START = 19.0
+FAINT_SLOPES = {"GALAXY": 0.45, "STAR": 0.15, "QSO": 0.3}
+
+# --- stars: SDSS stellar locus --------------------------------------------------------------
+# Median u-g, g-r, r-i, i-z by spectral type, rounded from Covey et al. 2007 (AJ 134, 2398);
+# g-r against r-i agrees with the Juric et al. 2008 (ApJ 673, 864) locus within 0.05 mag for
+# r-i < 0.7 (tested). Types A0 F0 F5 G0 G5 K0 K5 M0 M2 M4.
+STELLAR_LOCUS = np.array([
+  [1.05, -0.15, -0.10, -0.05],
+  [0.95, 0.15, 0.03, 0.00],
+  [0.95, 0.30, 0.10, 0.02],
+  [1.10, 0.42, 0.15, 0.05],
+  [1.25, 0.50, 0.18, 0.07],
+  [1.55, 0.62, 0.22, 0.10],
+  [2.25, 1.00, 0.37, 0.18],
+  [2.45, 1.30, 0.62, 0.34],
+  [2.50, 1.42, 0.90, 0.47],
+  [2.60, 1.50, 1.40, 0.70],
+])
+# High-latitude mix dominated by F/G turn-off stars with a tail of K/M dwarfs (Juric et al. 2008).
+STELLAR_TYPE_WEIGHTS = np.array([0.03, 0.07, 0.18, 0.18, 0.14, 0.12, 0.10, 0.08, 0.06, 0.04])
+# Locus width: u-g spreads with metallicity (~0.1, Ivezic et al. 2008); the other colours ~0.03.
+STELLAR_COLOUR_SCATTER = np.array([0.10, 0.03, 0.03, 0.03])
+# Stellar radial velocities, km/s (disk + halo dispersion), giving the catalogue 'z' = v/c.
+STAR_VELOCITY_SIGMA_KMS = 120.0
+SPEED_OF_LIGHT_KMS = 299792.458
+
+# --- QSOs -----------------------------------------------------------------------------------
+# Median colours against redshift, approximated from Richards et al. 2001 (AJ 121, 2308) fig. 3:
+# UV excess (u-g ~ 0.2) up to z ~ 2.2, then the Lyman-alpha forest reddens u-g.
+QSO_Z = np.array([0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.1, 2.4, 2.7, 3.0])
+QSO_COLOURS = np.array([
+  [0.15, 0.20, 0.20, 0.15, 0.20, 0.25, 0.20, 0.40, 0.90, 1.50],  # u-g
+  [0.20, 0.10, 0.25, 0.15, 0.10, 0.15, 0.20, 0.20, 0.25, 0.35],  # g-r
+  [0.30, 0.20, 0.05, 0.20, 0.25, 0.15, 0.05, 0.15, 0.15, 0.15],  # r-i
+  [0.05, 0.20, 0.15, 0.00, 0.05, 0.15, 0.20, 0.10, 0.05, 0.05],  # i-z
+]).T
+QSO_COLOUR_SCATTER = 0.12
+# SDSS DR7 QSO redshifts peak near 1.5 (Schneider et al. 2010, AJ 139, 2360); kept within 0.3-3.
+QSO_Z_MEAN, QSO_Z_SIGMA, QSO_Z_RANGE = 1.5, 0.7, (0.3, 3.0)
+
+# --- galaxies -------------------------------------------------------------------------------
+# Median redshift against r: SDSS main sample z = 0.10 at its r = 17.77 limit (Strauss et al.
+# 2002); LRGs z ~ 0.2-0.35 at r ~ 19-20 (Eisenstein et al. 2001); z ~ 0.5 at r ~ 21 and ~ 0.65 at
+# r ~ 22.5 (CFRS, Lilly et al. 1995; DEEP2). Interpolated in log z, log-normal scatter 0.35.
+ZMED_R = np.array([14.0, 15.5, 17.77, 19.0, 20.0, 21.0, 22.5])
+ZMED_Z = np.array([0.03, 0.05, 0.10, 0.20, 0.32, 0.48, 0.65])
+Z_LOG_SIGMA = 0.35
+GALAXY_Z_RANGE = (0.005, 1.2)
+# Observed-frame colour tracks (u-g, g-r, r-i, i-z) of red (E/S0, LRG) and blue (Sbc) galaxies,
+# approximate: z = 0 from Fukugita et al. 1995 (PASP 107, 945); the red track's g-r and r-i follow
+# the LRG track of Eisenstein et al. 2001 (AJ 122, 2267). The tracks stand in for k-corrections.
+# At z ~ 0.1 they straddle the u-r = 2.22 separator of Strateva et al. 2001 (AJ 122, 1861).
+TRACK_Z = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.2])
+RED_TRACK = np.array([
+  [1.75, 1.85, 2.05, 2.25, 2.40, 2.50, 2.50, 2.50, 2.50],
+  [0.75, 0.92, 1.20, 1.48, 1.70, 1.80, 1.85, 1.90, 1.90],
+  [0.40, 0.42, 0.45, 0.50, 0.62, 0.78, 0.95, 1.20, 1.30],
+  [0.30, 0.33, 0.38, 0.40, 0.40, 0.45, 0.55, 0.75, 0.95],
+]).T
+BLUE_TRACK = np.array([
+  [1.15, 1.20, 1.30, 1.35, 1.35, 1.30, 1.25, 1.20, 1.10],
+  [0.45, 0.55, 0.70, 0.85, 1.00, 1.10, 1.15, 1.20, 1.20],
+  [0.25, 0.28, 0.30, 0.35, 0.40, 0.50, 0.60, 0.75, 0.90],
+  [0.15, 0.20, 0.22, 0.25, 0.28, 0.30, 0.35, 0.45, 0.60],
+]).T
+RED_COLOUR_SCATTER = np.array([0.10, 0.05, 0.04, 0.04])
+BLUE_COLOUR_SCATTER = np.array([0.15, 0.10, 0.06, 0.06])
+# Crude r-band k-corrections, K_r ~ slope * z (red ~2.0, blue ~0.8; Blanton & Roweis 2007).
+K_SLOPE_RED, K_SLOPE_BLUE = 2.0, 0.8
+# Red fraction rises with luminosity, half at M_r ~ -20.5 (Baldry et al. 2004, ApJ 600, 681).
+RED_HALF_MR, RED_WIDTH_MAG = -20.5, 0.8
+# Size-luminosity relations, r band (Shen et al. 2003, MNRAS 343, 978, eqs. 14-18 and table 1):
+# early types log R50/kpc = -0.4 a M + b; late types -0.4 alpha M + (beta - alpha)
+# log(1 + 10^(-0.4 (M - M0))) + gamma; ln-scatter sigma2 + (sigma1 - sigma2) / (1 + 10^(-0.8 (M -
+# M0))).
+SHEN_EARLY = dict(a=0.65, b=-5.06, sigma1=0.45, sigma2=0.27, m0=-20.52)
+SHEN_LATE = dict(alpha=0.21, beta=0.53, gamma=-1.31, sigma1=0.48, sigma2=0.25, m0=-20.52)
+# Bulge-to-total (r band): mostly bulge for red, mostly disk for blue galaxies (Simard et al.
+# 2011, ApJS 196, 11), Beta-distributed. Bulge/disk half-light ratio ~0.35 (bulge R_e / disk
+# scale length ~0.2-0.6, MacArthur et al. 2003). Bulges are redder than their disks (colour
+# offsets below, MacArthur et al. 2004), less so in red galaxies.
+BT_BETA_RED, BT_BETA_BLUE = (4.0, 2.0), (1.2, 5.0)
+BULGE_DISK_RATIO, BULGE_DISK_LOG_SIGMA = 0.35, 0.1
+BULGE_COLOUR_OFFSET = np.array([0.15, 0.08, 0.03, 0.02])
+# Thick-disk intrinsic axis ratio (Padilla & Strauss 2008) and bulge apparent axis ratios.
+DISK_THICKNESS = 0.2
+BULGE_Q_MEAN, BULGE_Q_SIGMA, BULGE_Q_RANGE = 0.75, 0.15, (0.35, 1.0)
+MAX_HLR_ARCSEC = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Conditions:
+  """One observation's per-band PSF, sky and calibration (the five bands come from one scan)."""
+  camcol: int
+  psf_fwhm_arcsec: np.ndarray
+  psf_g1: np.ndarray
+  psf_g2: np.ndarray
+  sky_dn: np.ndarray
+  nmgy_per_dn: np.ndarray
+  gain: np.ndarray
+  dark_variance: np.ndarray
+
+  def sky_sigma_nmgy(self) -> np.ndarray:
+    """Per-band sky + read noise of one pixel, in nanomaggies."""
+    return self.nmgy_per_dn * np.sqrt(self.sky_dn / self.gain + self.dark_variance)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One object: kind, position in stamp pixels (x = column), total ugriz AB mags, shape."""
+  kind: str
+  x: float
+  y: float
+  mag: np.ndarray
+  z: float
+  bulge_fraction: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(5))
+  bulge_hlr_arcsec: float = 0.0
+  disk_hlr_arcsec: float = 0.0
+  bulge_q: float = 1.0
+  disk_q: float = 1.0
+  beta_rad: float = 0.0
+  r_half_arcsec: float = 0.0
+
+  @property
+  def is_point(self) -> bool:
+    return self.kind != "GALAXY"
+
+  def flux_nmgy(self) -> np.ndarray:
+    return 10.0 ** (-0.4 * (self.mag - 22.5))
+
+
+def mags_from_colours(r: float, colours: np.ndarray) -> np.ndarray:
+  """ugriz from r and (u-g, g-r, r-i, i-z)."""
+  ug, gr, ri, iz = colours
+  g = r + gr
+  i = r - ri
+  return np.array([g + ug, g, r, i, i - iz])
+
+
+def truncated_power_law(rng: np.random.Generator, slope: float, lo: float, hi: float) -> float:
+  """m with dN/dm ~ 10^(slope m) on [lo, hi], by inverting the CDF."""
+  if slope == 0.0:
+    return float(rng.uniform(lo, hi))
+  span = 10.0 ** (slope * (hi - lo)) - 1.0
+  return float(lo + np.log10(1.0 + rng.random() * span) / slope)
+
+
+def sample_conditions(rng: np.random.Generator, params: P.SimParams) -> Conditions:
+  """Seeing (correlated across bands), PSF shear, sky, calibration and camera column."""
+  camcol = int(rng.integers(1, 7))
+  lo, hi = params.seeing_limits_arcsec
+  seeing_r = np.clip(params.seeing_r_median_arcsec * np.exp(rng.normal(0, params.seeing_log_sigma)), lo, hi)
+  fwhm = seeing_r * np.array(P.SEEING_RATIO_TO_R) * np.exp(rng.normal(0, params.seeing_band_jitter, 5))
+  shared_g = rng.normal(0, params.psf_shear_sigma, 2)
+  g1 = shared_g[0] + rng.normal(0, params.psf_shear_band_sigma, 5)
+  g2 = shared_g[1] + rng.normal(0, params.psf_shear_band_sigma, 5)
+  sky_mag = np.array(P.SKY_MAG_ARCSEC2) + rng.normal(0, params.sky_mag_sigma) + rng.normal(0, params.sky_mag_band_sigma, 5)
+  nmgy = np.array(P.NMGY_PER_DN) * np.exp(rng.normal(0, params.calibration_sigma, 5))
+  sky_nmgy_per_pixel = 10.0 ** (-0.4 * (sky_mag - 22.5)) * P.PIXEL_SCALE_ARCSEC ** 2
+  return Conditions(camcol=camcol, psf_fwhm_arcsec=fwhm, psf_g1=g1, psf_g2=g2,
+                    sky_dn=sky_nmgy_per_pixel / nmgy, nmgy_per_dn=nmgy,
+                    gain=P.GAIN_E_PER_DN[camcol - 1].copy(), dark_variance=P.DARK_VARIANCE_DN2[camcol - 1].copy())
+
+
+def sample_kind(rng: np.random.Generator, params: P.SimParams) -> str:
+  if rng.random() >= params.point_fraction:
+    return "GALAXY"
+  return "QSO" if rng.random() < params.qso_fraction_of_point else "STAR"
+
+
+def sample_r_magnitude(rng: np.random.Generator, kind: str, params: P.SimParams) -> float:
+  """Central-object r: a spectroscopic-like sample plus a fainter photometric sample."""
+  bright, faint = params.r_bright_limit, params.r_faint_limit
+  if rng.random() < params.faint_fraction:
+    return truncated_power_law(rng, FAINT_SLOPES[kind], max(FAINT_START, bright), faint)
+  if kind == "GALAXY":
+    if rng.random() < MAIN_SAMPLE_SHARE:
+      return truncated_power_law(rng, 0.6, bright, MAIN_SAMPLE_LIMIT)
+    return float(rng.uniform(*LRG_RANGE))
+  if kind == "STAR":
+    return float(rng.uniform(bright, min(STAR_SPEC_FAINT, faint)))
+  return truncated_power_law(rng, QSO_SPEC_SLOPE, max(QSO_SPEC_RANGE[0], bright), min(QSO_SPEC_RANGE[1], faint))
+
+
+def star_colours(rng: np.random.Generator) -> np.ndarray:
+  """A point on the stellar locus: a spectral type (weighted), interpolated, plus locus width."""
+  node = rng.choice(len(STELLAR_TYPE_WEIGHTS), p=STELLAR_TYPE_WEIGHTS / STELLAR_TYPE_WEIGHTS.sum())
+  t = np.clip(node + rng.uniform(-0.5, 0.5), 0, len(STELLAR_LOCUS) - 1)
+  lo = int(np.floor(t))
+  hi = min(lo + 1, len(STELLAR_LOCUS) - 1)
+  colours = STELLAR_LOCUS[lo] + (t - lo) * (STELLAR_LOCUS[hi] - STELLAR_LOCUS[lo])
+  return colours + rng.normal(0, STELLAR_COLOUR_SCATTER)
+
+
+def make_star(rng: np.random.Generator, r: float, x: float, y: float) -> Source:
+  z = rng.normal(0, STAR_VELOCITY_SIGMA_KMS) / SPEED_OF_LIGHT_KMS
+  return Source(kind="STAR", x=x, y=y, mag=mags_from_colours(r, star_colours(rng)), z=float(z))
+
+
+def make_qso(rng: np.random.Generator, r: float, x: float, y: float) -> Source:
+  while True:
+    z = rng.normal(QSO_Z_MEAN, QSO_Z_SIGMA)
+    if QSO_Z_RANGE[0] <= z <= QSO_Z_RANGE[1]:
+      break
+  colours = np.array([np.interp(z, QSO_Z, QSO_COLOURS[:, c]) for c in range(4)])
+  colours = colours + rng.normal(0, QSO_COLOUR_SCATTER, 4)
+  return Source(kind="QSO", x=x, y=y, mag=mags_from_colours(r, colours), z=float(z))
+
+
+@functools.lru_cache(maxsize=1)
+def cosmology_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(z, distance modulus, kpc per arcsec) on a grid, from astropy's Planck18 (offline)."""
+  from astropy.cosmology import Planck18
+  z = np.geomspace(1e-3, 3.0, 512)
+  distmod = Planck18.distmod(z).value
+  kpc_per_arcsec = Planck18.kpc_proper_per_arcmin(z).value / 60.0
+  return z, distmod, kpc_per_arcsec
+
+
+def distance_modulus(z: float) -> float:
+  zs, dm, _ = cosmology_table()
+  return float(np.interp(np.log(z), np.log(zs), dm))
+
+
+def kpc_per_arcsec(z: float) -> float:
+  zs, _, scale = cosmology_table()
+  return float(np.interp(np.log(z), np.log(zs), scale))
+
+
+def median_redshift(r: float) -> float:
+  return float(np.exp(np.interp(r, ZMED_R, np.log(ZMED_Z))))
+
+
+def shen_half_light_kpc(abs_mag_r: float, early: bool) -> tuple[float, float]:
+  """Median R50 (kpc) and its ln-scatter at M_r, Shen et al. 2003."""
+  if early:
+    s = SHEN_EARLY
+    log_r = -0.4 * s["a"] * abs_mag_r + s["b"]
+  else:
+    s = SHEN_LATE
+    log_r = (-0.4 * s["alpha"] * abs_mag_r + (s["beta"] - s["alpha"]) *
+             np.log10(1 + 10 ** (-0.4 * (abs_mag_r - s["m0"]))) + s["gamma"])
+  sigma = s["sigma2"] + (s["sigma1"] - s["sigma2"]) / (1 + 10 ** (-0.8 * (abs_mag_r - s["m0"])))
+  return float(10 ** log_r), float(sigma)
+
+
+def enclosed_fraction(radius: float, hlr: float, n: float) -> float:
+  """Fraction of a circular Sersic-n profile's light within radius (half at hlr)."""
+  if hlr <= 0:
+    return 1.0
+  b = special.gammaincinv(2 * n, 0.5)
+  return float(special.gammainc(2 * n, b * (radius / hlr) ** (1 / n)))
+
+
+def composite_half_light(bulge_fraction: float, bulge_hlr: float, disk_hlr: float) -> float:
+  """Half-light radius of a de Vaucouleurs bulge + exponential disk (circularised)."""
+  def excess(radius):
+    return (bulge_fraction * enclosed_fraction(radius, bulge_hlr, 4.0) +
+            (1 - bulge_fraction) * enclosed_fraction(radius, disk_hlr, 1.0) - 0.5)
+  lo, hi = 1e-6 * max(bulge_hlr, disk_hlr), 10 * max(bulge_hlr, disk_hlr)
+  return float(optimize.brentq(excess, lo, hi, xtol=1e-8 * hi))
+
+
+def make_galaxy(rng: np.random.Generator, r: float, x: float, y: float) -> Source:
+  """A bulge + disk galaxy of total magnitude r with physically tied redshift, colour and size."""
+  z = float(np.clip(median_redshift(r) * np.exp(rng.normal(0, Z_LOG_SIGMA)), *GALAXY_Z_RANGE))
+  mean_k = 0.5 * (K_SLOPE_RED + K_SLOPE_BLUE) * z
+  p_red = 1.0 / (1.0 + np.exp((r - distance_modulus(z) - mean_k - RED_HALF_MR) / RED_WIDTH_MAG))
+  red = rng.random() < p_red
+  track, scatter = (RED_TRACK, RED_COLOUR_SCATTER) if red else (BLUE_TRACK, BLUE_COLOUR_SCATTER)
+  colours = np.array([np.interp(z, TRACK_Z, track[:, c]) for c in range(4)]) + rng.normal(0, scatter)
+  bulge_colours = colours + BULGE_COLOUR_OFFSET * (0.3 if red else 1.0)
+  bt_r = float(rng.beta(*(BT_BETA_RED if red else BT_BETA_BLUE)))
+  # Component fluxes per band: the r-band split by B/T, the other bands from each one's colours.
+  flux_r = 10.0 ** (-0.4 * (r - 22.5))
+  bulge_flux = bt_r * flux_r * 10.0 ** (-0.4 * (mags_from_colours(0.0, bulge_colours)))
+  disk_flux = (1 - bt_r) * flux_r * 10.0 ** (-0.4 * (mags_from_colours(0.0, colours)))
+  total = bulge_flux + disk_flux
+  abs_mag = r - distance_modulus(z) - (K_SLOPE_RED if red else K_SLOPE_BLUE) * z
+  median_kpc, ln_sigma = shen_half_light_kpc(abs_mag, early=red)
+  r_half = min(median_kpc * np.exp(rng.normal(0, ln_sigma)) / kpc_per_arcsec(z), MAX_HLR_ARCSEC)
+  ratio = BULGE_DISK_RATIO * 10 ** rng.normal(0, BULGE_DISK_LOG_SIGMA)
+  scale = r_half / composite_half_light(bt_r, ratio, 1.0)
+  cos_i = rng.random()
+  disk_q = float(np.sqrt(cos_i ** 2 + DISK_THICKNESS ** 2 * (1 - cos_i ** 2)))
+  bulge_q = float(np.clip(rng.normal(BULGE_Q_MEAN, BULGE_Q_SIGMA), *BULGE_Q_RANGE))
+  return Source(kind="GALAXY", x=x, y=y, mag=22.5 - 2.5 * np.log10(total), z=z,
+                bulge_fraction=bulge_flux / total, bulge_hlr_arcsec=float(ratio * scale),
+                disk_hlr_arcsec=float(scale), bulge_q=bulge_q, disk_q=disk_q,
+                beta_rad=float(rng.uniform(0, np.pi)), r_half_arcsec=float(r_half))
+
+
+MAKERS = {"STAR": make_star, "QSO": make_qso, "GALAXY": make_galaxy}
+
+
+def sample_central(rng: np.random.Generator, params: P.SimParams) -> Source:
+  """The target: kind by the prior, centred on pixel 32 within half a pixel."""
+  kind = sample_kind(rng, params)
+  r = sample_r_magnitude(rng, kind, params)
+  x, y = P.CENTRE_PIXEL + rng.uniform(-0.5, 0.5, 2)
+  return MAKERS[kind](rng, r, float(x), float(y))
+
+
+def sample_neighbours(rng: np.random.Generator, params: P.SimParams) -> list[Source]:
+  """0-3 field objects at random stamp positions, at least min_neighbour_distance_px from centre."""
+  if rng.random() >= params.neighbour_fraction:
+    return []
+  weights = np.asarray(params.neighbour_count_weights, dtype=float)
+  count = 1 + int(rng.choice(len(weights), p=weights / weights.sum()))
+  neighbours = []
+  for _ in range(count):
+    while True:
+      x, y = rng.uniform(0, P.STAMP_SIZE - 1, 2)
+      if np.hypot(x - P.CENTRE_PIXEL, y - P.CENTRE_PIXEL) > params.min_neighbour_distance_px:
+        break
+    r = truncated_power_law(rng, params.neighbour_count_slope, *params.neighbour_mag_limits)
+    kind = "STAR" if rng.random() < params.neighbour_star_fraction else "GALAXY"
+    neighbours.append(MAKERS[kind](rng, r, float(x), float(y)))
+  return neighbours
