@@ -11,7 +11,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cvae.py[:smoke].",
@@ -22,6 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  if logging.get_verbosity() == logging.INFO and "--verbosity" not in " ".join(os.sys.argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO; progress is printed.
   from stargal_jax import experiment  # Imported after flags are parsed so `--help` stays fast.
   experiment.run(_CONFIG.value, _WORKDIR.value)
 

@@ -92,7 +92,7 @@ def make_train_step(graphdef, loss_fn: Callable, optimizer: optax.GradientTransf
     updates, new_opt_state = optimizer.update(grads, train_state["opt_state"], train_state["params"])
     new_state = dict(train_state, params=optax.apply_updates(train_state["params"], updates),
                      model_state=new_model_state, opt_state=new_opt_state)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics = dict(metrics, grad_norm=grad_norm)
     if critic_params is not None:
       # WAE-GAN: the critic learns to tell prior samples from encoded z (stop-gradient into the encoder).

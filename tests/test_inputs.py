@@ -1,0 +1,73 @@
+"""config.data -> stores, normaliser, truth; batches as a pure function of the step."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from stargal_jax import inputs as inputs_lib
+from stargal_jax.data import formats
+
+
+def test_batch_schedule_is_a_pure_function_of_the_step():
+  fetch = lambda idx: idx.copy()
+  a = inputs_lib.batch_schedule(50, 8, seed=3, fetch=fetch)
+  b = inputs_lib.batch_schedule(50, 8, seed=3, fetch=fetch)
+  steps = [9, 0, 7, 6, 12, 1]
+  for s in steps:  # Any order of access (as after a resume) gives the same batch.
+    np.testing.assert_array_equal(a(s)["x"], b(s)["x"])
+  epoch0 = np.concatenate([a(s)["x"] for s in range(6)])  # 50 // 8 = 6 steps per epoch.
+  assert len(np.unique(epoch0)) == 48 and epoch0.max() < 50
+  assert not np.array_equal(a(0)["x"], a(6)["x"])  # A new permutation each epoch.
+  with pytest.raises(ValueError, match="larger than the training set"):
+    inputs_lib.batch_schedule(5, 8, 0, fetch)
+
+
+def _write_study_files(root, rng):
+  (root / "lab").mkdir()
+  (root / "unl").mkdir()
+  images = rng.normal(0, 0.05, size=(12, 5, 64, 64)).astype(np.float32)
+  images[:, :, 30:34, 30:34] += 5.0
+  classes = np.array(["STAR", "GALAXY", "QSO"] * 4)
+  formats.write_labelled(root / "lab" / "a.npy", np.arange(100, 107), images[:7], classes[:7], np.zeros(7))
+  formats.write_labelled(root / "lab" / "b.npy", np.arange(107, 112), images[7:], classes[7:], np.zeros(5))
+  for i in range(10):
+    formats.write_unlabelled(root / "unl" / f"u{i}.npy", images[i:i + 1])
+  return images
+
+
+def test_load_inputs_from_user_paths(tmp_path):
+  images = _write_study_files(tmp_path, np.random.default_rng(0))
+  data = ml_collections.ConfigDict(dict(
+      labelled=str(tmp_path / "lab"), unlabelled=str(tmp_path / "unl" / "*.npy"), cache_dir=str(tmp_path / "c"),
+      nan_policy="zero", skip_bad_files=False, normalization="zscore", normalizer_sample=10))
+  inputs = inputs_lib.load_inputs(data)
+  assert len(inputs.labelled) == 12 and len(inputs.unlabelled) == 10 and inputs.truth is None
+  np.testing.assert_array_equal(inputs.labelled.index["objID"], np.arange(100, 112))
+  np.testing.assert_array_equal(inputs.labelled.index["label"], [0, 1, 2] * 4)
+  x = inputs_lib.model_images(inputs.labelled, inputs.normalizer)(np.array([0, 3]))
+  assert x.shape == (2, 64, 64, 5) and x.dtype == np.float32
+  # NHWC of the normalised image: band 2 of object 3 at pixel (row 31, col 32).
+  from stargal_jax.data import normalize
+  expected = normalize.normalize(inputs.normalizer, images[3:4])[0, 2, 31, 32]
+  assert x[1, 31, 32, 2] == pytest.approx(expected, rel=1e-6)
+
+
+def test_load_inputs_needs_both_sets(tmp_path):
+  data = ml_collections.ConfigDict(dict(labelled=str(tmp_path), unlabelled="", cache_dir=str(tmp_path)))
+  with pytest.raises(ValueError, match="both"):
+    inputs_lib.load_inputs(data)
+
+
+def test_simulator_truth_is_aligned_with_the_store(tmp_path):
+  data = ml_collections.ConfigDict(dict(
+      labelled="", unlabelled="", cache_dir=str(tmp_path), nan_policy="zero", skip_bad_files=False,
+      normalization="asinh", normalizer_sample=20, default_n_labelled=40, default_n_unlabelled=20,
+      default_seed=5, workers=1))
+  inputs = inputs_lib.load_inputs(data)
+  truth = inputs.truth
+  np.testing.assert_array_equal(truth["objID"], inputs.labelled.index["objID"])
+  np.testing.assert_array_equal(truth["label"], inputs.labelled.index["label"])
+  # Each neighbour row points at the object whose mask carries its label.
+  for row, value in zip(truth["nb_object"], truth["nb_label"]):
+    assert truth["n_neighbours"][row] >= 1
+    assert value >= 2
