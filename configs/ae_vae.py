@@ -10,6 +10,7 @@ from configs import common
 def get_config(arg=None):
   config = common.base_config()
   config.pipeline = "ae_vae"
+  config.seed_scope = "stage2"  # Seed studies share one stage-1 AE, as the study's 100 runs did.
   config.ae = common.stage1_ae_config(steps=1500)
   config.vae = common.dense_vae_config(steps=3000)
   config.vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, dkl=1.0))

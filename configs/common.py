@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.pipeline = ""
   config.seed = 0
-  config.num_seeds = 1
+  config.num_seeds = 1  # S > 1: a stability study of S independently seeded trainings, reported per seed.
+  config.seed_scope = "all"  # all: every stage retrained per seed | stage2: one shared stage-1 AE (ae_vae)
   config.data = data_config()
   config.ae = ml_collections.ConfigDict()  # Stage-1 autoencoder (hierarchical pipelines only).
   config.vae = ml_collections.ConfigDict()  # The classifying model.

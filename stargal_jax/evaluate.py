@@ -100,7 +100,48 @@ def write_outputs(workdir: Path, evaluation: dict, latents: np.ndarray, labelled
     plot_paths = {k: str(Path(v).relative_to(workdir)) for k, v in plot_paths.items()}
   report.write_report(workdir, metrics.to_json_safe(report_rows(out)), plot_paths, config_text,
                       title=f"stargal_jax: {out.get('pipeline', 'evaluation')}")
-  return out
+  return dict(out, plots=plot_paths)
+
+
+SEED_QUANTITIES = ("auc", "auc_best_sign", "accuracy", "galaxy_purity_at_96_completeness",
+                   "star_completeness_at_97_purity")
+
+
+def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], labelled_store, config_text: str,
+                     make_plots: bool = True) -> dict:
+  """A stability study's outputs: seed 0's full outputs (already written by write_outputs, `first`) plus every
+  seed's numbers, their summary (mean, std, min, max, 95% t-interval), the agreement between seeds' labelings
+  (mean pairwise adjusted Rand index), predictions with a seed axis, and the per-seed distribution plot."""
+  workdir = Path(workdir)
+  study = {k: v for k, v in first.items() if k != "plots"}
+  over_seeds = {}
+  for q in SEED_QUANTITIES:
+    values = [e["method"][q] for e in evaluations]
+    summary = metrics.summarize_over_seeds(values)
+    over_seeds[q] = summary
+    study[f"{q}_per_seed"] = values
+    study.update({f"{q}_{k}": summary[k] for k in ("mean", "std", "min", "max")})
+    study[f"{q}_ci95"] = [summary["ci95_low"], summary["ci95_high"]]
+  study.update({q: over_seeds[q]["mean"] for q in ("auc", "auc_best_sign", "accuracy")})
+  study["num_seeds"] = len(evaluations)
+  study["seed_agreement_ari"] = metrics.seed_agreement([e["pred"] for e in evaluations])
+  study["by_mag_per_seed"] = [e["method"]["by_mag"] for e in evaluations]
+  (workdir / "metrics.json").write_text(json.dumps(metrics.to_json_safe(study), indent=2))
+  np.savez(workdir / "predictions.npz", objID=np.asarray(labelled_store.index["objID"]),
+           score=np.stack([e["score"] for e in evaluations]).astype(np.float32),
+           pred=np.stack([e["pred"] for e in evaluations]).astype(np.int8))
+  plot_paths = dict(first.get("plots", {}))
+  if make_plots:
+    plots.plot_seed_distribution({"AUC (label-free)": study["auc_per_seed"],
+                                  "AUC best sign": study["auc_best_sign_per_seed"]},
+                                 workdir / "plots" / "seed_distribution.png")
+    plot_paths["per-seed AUC"] = "plots/seed_distribution.png"
+  rows = report_rows(first)
+  rows["unsupervised method"] = dict(rows["unsupervised method"], over_seeds=over_seeds)
+  report.write_report(workdir, metrics.to_json_safe(rows), plot_paths, config_text,
+                      title=f"stargal_jax: {first.get('pipeline', 'evaluation')}, {len(evaluations)} seeds "
+                            f"(plots and per-magnitude tables: seed 0)")
+  return study
 
 
 def report_rows(out: dict) -> dict:

@@ -39,19 +39,32 @@ def classify(config, inputs: inputs_lib.Inputs, workdir: Path) -> dict:
         flush=True)
 
   key = jax.random.key(config.seed)
-  trained = pipeline(config, inputs, workdir, key)
-  latents = np.asarray(trained["latents"], dtype=np.float64)
-  raw_score = evaluate.score_from_latents(latents, config.score, seed=config.seed)
+  if config.num_seeds > 1:
+    latents_per_seed = np.asarray(pipelines.run_seeds(config, inputs, workdir, key), dtype=np.float64)
+  else:
+    latents_per_seed = np.asarray(pipeline(config, inputs, workdir, key)["latents"], dtype=np.float64)[None]
   measurements = evaluate.image_measurements(inputs.labelled)
-  evaluation = evaluate.evaluate(latents, raw_score, inputs.labelled, measurements, config.data.star_fraction,
-                                 tuple(config.data.mag_bins), seed=config.seed,
-                                 supervised_ceiling=config.eval.supervised_ceiling)
+  evaluations = []
+  for s, latents in enumerate(latents_per_seed):
+    raw_score = evaluate.score_from_latents(latents, config.score, seed=config.seed + s)
+    evaluations.append(evaluate.evaluate(
+        latents, raw_score, inputs.labelled, measurements, config.data.star_fraction, tuple(config.data.mag_bins),
+        seed=config.seed + s, supervised_ceiling=config.eval.supervised_ceiling and s == 0))
   extra = {"pipeline": config.pipeline, "seed": config.seed, "data_source": inputs.source,
            "n_labelled": len(inputs.labelled), "n_unlabelled": len(inputs.unlabelled),
            "wall_seconds": time.perf_counter() - t0, "devices": [str(d) for d in jax.devices()]}
-  out = evaluate.write_outputs(workdir, evaluation, latents, inputs.labelled, measurements, extra,
-                               config.to_json_best_effort(indent=2), make_plots=config.eval.plots)
+  config_text = config.to_json_best_effort(indent=2)
+  out = evaluate.write_outputs(workdir, evaluations[0], latents_per_seed[0], inputs.labelled, measurements, extra,
+                               config_text, make_plots=config.eval.plots)
   base = {k: round(v["auc"], 4) for k, v in out["baselines"].items()}
+  if config.num_seeds > 1:
+    out = evaluate.write_seed_study(workdir, out, evaluations, inputs.labelled, config_text,
+                                    make_plots=config.eval.plots)
+    print(f"[result] {config.num_seeds} seeds: auc {out['auc_mean']:.4f} +- {out['auc_std']:.4f} "
+          f"(min {out['auc_min']:.4f}, max {out['auc_max']:.4f}), accuracy {out['accuracy_mean']:.4f}, "
+          f"seed agreement (ARI) {out['seed_agreement_ari']:.3f} | baselines {base} | "
+          f"{time.perf_counter() - t0:.0f}s | {workdir}", flush=True)
+    return out
   print(f"[result] auc={out['auc']:.4f} auc_best_sign={out['auc_best_sign']:.4f} accuracy={out['accuracy']:.4f} "
         f"| baselines {base} | {time.perf_counter() - t0:.0f}s | {workdir}", flush=True)
-  return out
+  return {k: v for k, v in out.items() if k != "plots"}

@@ -98,3 +98,41 @@ def get_pipeline(name: str) -> Callable:
   if name not in PIPELINES:
     raise ValueError(f"Unknown pipeline {name!r}; valid: {sorted(PIPELINES)}")
   return PIPELINES[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Seed studies: S independently seeded trainings reported together.
+
+def train_stage_seeds(stage_config, fetch: Fetch, n: int, keys: jax.Array, workdir: Path,
+                      name: str) -> train.TrainResult:
+  """S seeds of one stage as one compiled program (vmapped step, seed axis sharded over the devices); each
+  seed has its own initialisation, data order and noise."""
+  data_seeds = [int(jax.random.randint(jax.random.fold_in(k, 1), (), 0, 2**31 - 1)) for k in keys]
+  schedules = [inputs_lib.batch_schedule(n, stage_config.train.batch_size, s, fetch) for s in data_seeds]
+  batch_for_step = lambda step: {"x": np.stack([schedule(step)["x"] for schedule in schedules])}
+  build = lambda k: models.build_model(stage_config.model, _model_kwargs(stage_config), k)
+  return train.train_seeds(build, keys, stage_config.train, stage_config.loss.to_dict(),
+                           stage_config.loss_options.to_dict(), batch_for_step,
+                           Path(workdir) / "checkpoints" / name, name)
+
+
+def run_seeds(config, inputs: inputs_lib.Inputs, workdir: Path, key: jax.Array) -> np.ndarray:
+  """Latents (S, N, d) of `config.num_seeds` seeds. `config.seed_scope`: 'stage2' trains one shared stage-1 AE
+  and vmaps the S stage-2 VAEs (hierarchical pipelines; cheap, the study's 100 runs); 'all' retrains every
+  stage per seed, one seed after another (measured fastest for convolutions on CPU)."""
+  num_seeds = int(config.num_seeds)
+  if config.seed_scope == "stage2":
+    if config.pipeline != "ae_vae":
+      raise ValueError(f"seed_scope='stage2' needs a hierarchical pipeline (ae_vae), not {config.pipeline!r}; "
+                       "use seed_scope='all'.")
+    ae_key, vae_key = jax.random.split(key)
+    _, codes_u, codes_l = train_stage1_codes(config, inputs, workdir, ae_key)
+    keys = jax.random.split(vae_key, num_seeds)
+    vae = train_stage_seeds(config.vae, lambda idx: codes_u[idx], len(codes_u), keys, workdir, "vae_seeds")
+    out = train.predict_seeds_in_batches(vae, lambda idx: codes_l[idx], len(codes_l), config.eval.eval_batch_size)
+    return _latent_key(out)
+  if config.seed_scope == "all":
+    pipeline = get_pipeline(config.pipeline)
+    return np.stack([pipeline(config, inputs, Path(workdir) / f"seed_{s:03d}", jax.random.fold_in(key, s))["latents"]
+                     for s in range(num_seeds)])
+  raise ValueError(f"Unknown seed_scope {config.seed_scope!r}; valid: ['all', 'stage2']")

@@ -62,10 +62,15 @@ def _finite_tree(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(graphdef, loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    transform_outputs: Callable | None = None, critic_optimizer=None,
-                    adversarial_options: Mapping | None = None, critic_gp_weight=10.0):
-  """Returns a jitted `step(train_state, batch, key) -> (train_state, metrics)`.
+def make_train_step(*args, **kwargs):
+  """The jitted (state-donating) `step(train_state, batch, key) -> (train_state, metrics)`; see make_step_fn."""
+  return jax.jit(make_step_fn(*args, **kwargs), donate_argnums=(0,))
+
+
+def make_step_fn(graphdef, loss_fn: Callable, optimizer: optax.GradientTransformation,
+                 transform_outputs: Callable | None = None, critic_optimizer=None,
+                 adversarial_options: Mapping | None = None, critic_gp_weight=10.0):
+  """Returns the pure `step(train_state, batch, key) -> (train_state, metrics)` (jit it, or vmap it over seeds).
 
   `transform_outputs(outputs, batch) -> (outputs, batch)` lets a pipeline measure the reconstruction elsewhere
   (e.g. in a frozen AE's feature space) without touching the model or the loss terms. A non-finite loss or
@@ -111,7 +116,7 @@ def make_train_step(graphdef, loss_fn: Callable, optimizer: optax.GradientTransf
     metrics["finite"] = finite
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=(0,))
+  return step
 
 
 def _checkpoint_manager(ckpt_dir: Path, keep: int = 2) -> ocp.CheckpointManager:
@@ -123,15 +128,8 @@ def _to_host_tree(train_state):
   return jax.tree.map(np.asarray, jax.device_get(train_state))
 
 
-def train(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
-          batch_for_step: Callable[[int], Batch], key: jax.Array, ckpt_dir: Path, name: str,
-          transform_outputs: Callable | None = None, mesh: Mesh | None = None) -> TrainResult:
-  """Trains `model` for `train_config.steps` steps, resuming from `ckpt_dir` when it holds a checkpoint.
-
-  Raises TrainingDiverged (naming the step and the loss terms) on a non-finite loss or gradient; the
-  checkpoints written before that step are kept.
-  """
-  mesh = mesh or data_mesh(int(train_config.batch_size))
+def _initial_state(model, train_config, loss_weights, loss_options, transform_outputs, key):
+  """(graphdef, train_state, pure step function) for one registry model."""
   graphdef, params, model_state = models.split_model(model)
   loss_fn = losses.make_loss_fn(dict(loss_weights), {k: dict(v) for k, v in loss_options.items()})
   optimizer = make_optimizer(train_config)
@@ -144,45 +142,105 @@ def train(model, train_config, loss_weights: Mapping[str, float], loss_options: 
     critic_dim = len(units) if units is not None else latent_dim_of(model)
     critic = losses.init_critic(jax.random.fold_in(key, 10**6), critic_dim)
     train_state.update(critic=critic, critic_opt=critic_optimizer.init(critic))
-  step_fn = make_train_step(graphdef, loss_fn, optimizer, transform_outputs, critic_optimizer, adversarial_options)
+  step_fn = make_step_fn(graphdef, loss_fn, optimizer, transform_outputs, critic_optimizer, adversarial_options)
+  return graphdef, train_state, step_fn
 
+
+def train(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
+          batch_for_step: Callable[[int], Batch], key: jax.Array, ckpt_dir: Path, name: str,
+          transform_outputs: Callable | None = None, mesh: Mesh | None = None) -> TrainResult:
+  """Trains `model` for `train_config.steps` steps, resuming from `ckpt_dir` when it holds a checkpoint.
+
+  The batch is split over the devices of `mesh` (data parallel); parameters are replicated. Raises
+  TrainingDiverged (naming the step and the loss terms) on a non-finite loss or gradient; the checkpoints
+  written before that step are kept.
+  """
+  mesh = mesh or data_mesh(int(train_config.batch_size))
+  graphdef, train_state, step_fn = _initial_state(model, train_config, loss_weights, loss_options,
+                                                  transform_outputs, key)
+  train_state, history = _fit(
+      jax.jit(step_fn, donate_argnums=(0,)), train_state, lambda t: replicate(t, mesh),
+      lambda step: shard_batch(batch_for_step(step), mesh), lambda step: jax.random.fold_in(key, step),
+      train_config, ckpt_dir, name)
+  return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
+
+
+def seed_mesh(num_seeds: int) -> Mesh:
+  """Local devices on one 'seed' axis (as many as divide the number of seeds): one group of seeds each."""
+  devices = jax.devices()
+  count = max(k for k in range(1, len(devices) + 1) if num_seeds % k == 0)
+  return Mesh(np.asarray(devices[:count]), ("seed",))
+
+
+def train_seeds(build: Callable[[jax.Array], Any], keys: jax.Array, train_config, loss_weights, loss_options,
+                batch_for_step: Callable[[int], Batch], ckpt_dir: Path, name: str,
+                transform_outputs: Callable | None = None) -> TrainResult:
+  """Trains S independently seeded models as one program: the pure step vmapped over a leading seed axis,
+  that axis sharded over the devices (`seed_mesh`). `build(key)` makes one model; `batch_for_step(step)`
+  returns batches with a leading seed axis (S, B, ...). The result's params carry the seed axis.
+  """
+  num_seeds = len(keys)
+  states = []
+  for k in keys:
+    init_key, _ = jax.random.split(k)
+    graphdef, state, step_fn = _initial_state(build(init_key), train_config, loss_weights, loss_options,
+                                              transform_outputs, k)
+    states.append(state)
+  stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+  mesh = seed_mesh(num_seeds)
+  by_seed = NamedSharding(mesh, PartitionSpec("seed"))
+  place = lambda tree: jax.device_put(tree, by_seed)
+  step_keys = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
+  train_state, history = _fit(
+      jax.jit(jax.vmap(step_fn), donate_argnums=(0,)), stacked, place,
+      lambda step: place(dict(batch_for_step(step))),
+      lambda step: place(jax.vmap(lambda k: jax.random.fold_in(k, step))(step_keys)),
+      train_config, ckpt_dir, name, images_per_step=num_seeds * int(train_config.batch_size))
+  return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
+
+
+def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_config, ckpt_dir: Path, name: str,
+         images_per_step: int | None = None):
+  """The loop shared by single runs and seed studies: resume, step, NaN stop, progress, checkpoints."""
   manager = _checkpoint_manager(ckpt_dir)
   start = 0
   latest = manager.latest_step()
   if latest is not None:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_host_tree(train_state))
-    restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    train_state, start = restored, int(latest)
+    train_state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    start = int(latest)
     logging.info("%s: resumed from checkpoint at step %d", name, start)
     print(f"[{name}] resumed from checkpoint at step {start}", flush=True)
-  train_state = replicate(train_state, mesh)
+  train_state = place_state(train_state)
 
   history: list[dict[str, float]] = []
   steps = int(train_config.steps)
-  t0, images_seen = time.perf_counter(), 0
+  images_per_step = images_per_step or int(train_config.batch_size)
+  t0 = time.perf_counter()
   for step in range(start, steps):
-    batch = shard_batch(batch_for_step(step), mesh)
-    train_state, metrics = step_fn(train_state, batch, jax.random.fold_in(key, step))
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not host.pop("finite"):
+    train_state, metrics = step_fn(train_state, batch_for_step(step), key_for_step(step))
+    host = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    finite = host.pop("finite")
+    if not np.all(finite):
       manager.wait_until_finished()
-      terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
+      which = "" if finite.ndim == 0 else f" (seeds {np.flatnonzero(~finite).tolist()})"
+      terms = ", ".join(f"{k}={np.ravel(v)[np.argmin(np.ravel(finite))]:.4g}" for k, v in host.items())
       raise TrainingDiverged(
-          f"[{name}] non-finite loss or gradient at step {step} ({terms}); stopped. The last good checkpoint "
-          f"(step {manager.latest_step()}) is kept in {ckpt_dir}.")
-    images_seen += len(next(iter(batch.values())))
+          f"[{name}] non-finite loss or gradient at step {step}{which} ({terms}); stopped. The last good "
+          f"checkpoint (step {manager.latest_step()}) is kept in {ckpt_dir}.")
     done = step + 1
     if done % train_config.log_every == 0 or done == steps:
-      rate = images_seen / max(time.perf_counter() - t0, 1e-9)
-      left = (steps - done) * train_config.batch_size / max(rate, 1e-9)
-      history.append(dict(step=done, **host, images_per_second=rate))
-      terms = " ".join(f"{k}={v:.4g}" for k, v in host.items())
+      rate = (done - start) * images_per_step / max(time.perf_counter() - t0, 1e-9)
+      left = (steps - done) * images_per_step / max(rate, 1e-9)
+      means = {k: float(np.mean(v)) for k, v in host.items()}
+      history.append(dict(step=done, **means, images_per_second=rate))
+      terms = " ".join(f"{k}={v:.4g}" for k, v in means.items())
       print(f"[{name}] step {done}/{steps} {terms} | {rate:.0f} img/s | ~{left:.0f}s left", flush=True)
     if done % train_config.checkpoint_every == 0 or done == steps:
       manager.save(done, args=ocp.args.StandardSave(_to_host_tree(train_state)))
   manager.wait_until_finished()
   manager.close()
-  return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
+  return train_state, history
 
 
 def latent_dim_of(model) -> int:
@@ -222,3 +280,23 @@ def predict_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.nd
       if k in out:
         chunks.setdefault(k, []).append(np.asarray(out[k])[: len(idx)])
   return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def predict_seeds_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int,
+                             batch_size: int, keys: tuple[str, ...] = ("mu", "z")) -> dict[str, np.ndarray]:
+  """Like predict_in_batches for a seed study: outputs carry a leading seed axis (S, n, ...)."""
+  predict = jax.jit(jax.vmap(
+      lambda p, s, x: models.apply_model(result.graphdef, p, s, x, key=None, train=False)[0],
+      in_axes=(0, 0, None)))
+  chunks: dict[str, list[np.ndarray]] = {}
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    x = inputs(idx)
+    pad = batch_size - len(idx)
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    out = jax.device_get(predict(result.params, result.model_state, x))
+    for k in keys:
+      if k in out:
+        chunks.setdefault(k, []).append(np.asarray(out[k])[:, : len(idx)])
+  return {k: np.concatenate(v, axis=1) for k, v in chunks.items()}
