@@ -41,8 +41,13 @@ def test_every_config_runs_end_to_end(name, smoke_cache, tmp_path):
   assert out["auc_best_sign"] == pytest.approx(max(out["auc"], 1 - out["auc"]))
   pred = np.load(tmp_path / "predictions.npz", allow_pickle=False)
   assert set(pred.files) >= {"objID", "score", "pred"} and len(pred["score"]) == out["n_labelled"]
-  # The prior threshold makes the point-like fraction equal to the configured star fraction.
-  assert abs((pred["pred"] == 0).mean() - 0.3) < 0.02
+  # The prior threshold makes the point-like fraction equal to the configured star fraction; tied scores stay
+  # together on the point-like side (a collapsed latent, e.g. AW's saturated tanh after 6 steps, ties them all).
+  point_fraction = (pred["pred"] == 0).mean()
+  if len(np.unique(pred["score"])) == len(pred["score"]):
+    assert abs(point_fraction - 0.3) < 0.01
+  else:
+    assert point_fraction >= 0.3 - 0.01
   assert json.loads((tmp_path / "metrics.json").read_text())["auc"] == pytest.approx(out["auc"])
 
 
