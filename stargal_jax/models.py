@@ -433,6 +433,7 @@ class ConvVAE(nnx.Module):
                downconv: str = "adjoint", upconv: str = "adjoint", output_conv: bool = False,
                in_channels: int = 5, image_size: int = 64, rngs: nnx.Rngs):
     _check_choice("mu_activation", mu_activation, ("none", "tanh"))
+    self.latent_dim = latent_dim
     self.mu_activation = mu_activation
     self.eps_scale = eps_scale
     self.encoder, self.decoder = _conv_stack(
@@ -464,6 +465,7 @@ class ConvAE(nnx.Module):
                latent_activation: str = "tanh", *, downconv: str = "adjoint",
                upconv: str = "adjoint", output_conv: bool = False, in_channels: int = 5,
                image_size: int = 64, rngs: nnx.Rngs):
+    self.latent_dim = latent_dim
     get_activation(latent_activation)
     self.latent_activation = latent_activation
     self.encoder, self.decoder = _conv_stack(
@@ -508,6 +510,7 @@ class DenseVAE(nnx.Module):
   def __init__(self, in_dim: int = 30, hidden: int = 30, latent_dim: int = 2,
                eps_scale: float = 0.1, out_activation: str = "tanh",
                mu_activation: str = "none", *, rngs: nnx.Rngs):
+    self.latent_dim = latent_dim
     _check_choice("out_activation", out_activation, ("none", "tanh"))
     _check_choice("mu_activation", mu_activation, ("none", "tanh"))
     self.eps_scale = eps_scale
