@@ -107,8 +107,15 @@ SEED_QUANTITIES = ("auc", "auc_best_sign", "accuracy", "galaxy_purity_at_96_comp
                    "star_completeness_at_97_purity")
 
 
-def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], labelled_store, config_text: str,
-                     make_plots: bool = True) -> dict:
+def consensus_metrics(evaluations: list[dict], is_galaxy, star_fraction: float, r_mag, mag_bins) -> dict:
+  """The study's consensus: every seed's label-free oriented score turned into ranks and averaged, then scored
+  like one run. Answers "what does the whole study say", beside the per-seed spread."""
+  ranks = np.mean([np.argsort(np.argsort(e["score"])) / (len(e["score"]) - 1) for e in evaluations], axis=0)
+  return metrics.classification_metrics(is_galaxy, ranks, star_fraction, r_mag, mag_bins)
+
+
+def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], labelled_store, measurements: dict,
+                     star_fraction: float, mag_bins, config_text: str, make_plots: bool = True) -> dict:
   """A stability study's outputs: seed 0's full outputs (already written by write_outputs, `first`) plus every
   seed's numbers, their summary (mean, std, min, max, 95% t-interval), the agreement between seeds' labelings
   (mean pairwise adjusted Rand index), predictions with a seed axis, and the per-seed distribution plot."""
@@ -126,6 +133,8 @@ def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], labell
   study["num_seeds"] = len(evaluations)
   study["seed_agreement_ari"] = metrics.seed_agreement([e["pred"] for e in evaluations])
   study["by_mag_per_seed"] = [e["method"]["by_mag"] for e in evaluations]
+  is_galaxy = np.asarray(labelled_store.index["label"]) == CLASS_CODES["GALAXY"]
+  study["consensus"] = consensus_metrics(evaluations, is_galaxy, star_fraction, measurements["r_mag"], mag_bins)
   (workdir / "metrics.json").write_text(json.dumps(metrics.to_json_safe(study), indent=2))
   np.savez(workdir / "predictions.npz", objID=np.asarray(labelled_store.index["objID"]),
            score=np.stack([e["score"] for e in evaluations]).astype(np.float32),
@@ -138,6 +147,7 @@ def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], labell
     plot_paths["per-seed AUC"] = "plots/seed_distribution.png"
   rows = report_rows(first)
   rows["unsupervised method"] = dict(rows["unsupervised method"], over_seeds=over_seeds)
+  rows[f"consensus of {len(evaluations)} seeds (mean rank)"] = dict(study["consensus"], kind="method")
   report.write_report(workdir, metrics.to_json_safe(rows), plot_paths, config_text,
                       title=f"stargal_jax: {first.get('pipeline', 'evaluation')}, {len(evaluations)} seeds "
                             f"(plots and per-magnitude tables: seed 0)")

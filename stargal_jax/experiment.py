@@ -58,11 +58,12 @@ def classify(config, inputs: inputs_lib.Inputs, workdir: Path) -> dict:
                                config_text, make_plots=config.eval.plots)
   base = {k: round(v["auc"], 4) for k, v in out["baselines"].items()}
   if config.num_seeds > 1:
-    out = evaluate.write_seed_study(workdir, out, evaluations, inputs.labelled, config_text,
+    out = evaluate.write_seed_study(workdir, out, evaluations, inputs.labelled, measurements,
+                                    config.data.star_fraction, tuple(config.data.mag_bins), config_text,
                                     make_plots=config.eval.plots)
     print(f"[result] {config.num_seeds} seeds: auc {out['auc_mean']:.4f} +- {out['auc_std']:.4f} "
           f"(min {out['auc_min']:.4f}, max {out['auc_max']:.4f}), accuracy {out['accuracy_mean']:.4f}, "
-          f"seed agreement (ARI) {out['seed_agreement_ari']:.3f} | baselines {base} | "
+          f"seed agreement (ARI) {out['seed_agreement_ari']:.3f}, consensus auc {out['consensus']['auc']:.4f} | baselines {base} | "
           f"{time.perf_counter() - t0:.0f}s | {workdir}", flush=True)
     return out
   print(f"[result] auc={out['auc']:.4f} auc_best_sign={out['auc_best_sign']:.4f} accuracy={out['accuracy']:.4f} "

@@ -96,3 +96,16 @@ def test_launch_rejects_unknown_config_key(tmp_path):
                          f"--workdir={tmp_path}", "--config.vae.no_such_key=1"], cwd=REPO, capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode != 0 and "no_such_key" in proc.stderr
+
+
+def test_seed_study_reports_every_seed_and_their_summary(smoke_cache, tmp_path):
+  config = smoke_config("cvae", smoke_cache)
+  config.num_seeds = 3
+  out = experiment.run(config, tmp_path)
+  aucs = np.array(out["auc_per_seed"])
+  assert aucs.shape == (3,) and out["auc_mean"] == pytest.approx(aucs.mean())
+  assert out["auc_std"] == pytest.approx(aucs.std(ddof=1)) and out["auc_min"] == aucs.min()
+  assert out["auc_ci95"][0] <= out["auc_mean"] <= out["auc_ci95"][1]
+  assert -1.0 <= out["seed_agreement_ari"] <= 1.0 and 0.0 <= out["consensus"]["auc"] <= 1.0
+  pred = np.load(tmp_path / "predictions.npz", allow_pickle=False)
+  assert pred["score"].shape == (3, out["n_labelled"]) and pred["pred"].shape == (3, out["n_labelled"])

@@ -1,0 +1,42 @@
+"""Markdown results table from run directories: `python benchmarks/results_table.py RUN_DIR [RUN_DIR ...]`.
+
+One row per run (its `metrics.json`): label-free and best-sign AUC (mean +- std over seeds for a study),
+accuracy, per-magnitude label-free AUC, the classical baselines of the same run, and the wall time.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def fmt(x, digits=3):
+  return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def row(run_dir: Path) -> str:
+  m = json.loads((run_dir / "metrics.json").read_text())
+  config = json.loads((run_dir / "config.json").read_text())
+  if m.get("num_seeds", 1) > 1:
+    auc = f"{fmt(m['auc_mean'])} +- {fmt(m['auc_std'])} ({m['num_seeds']} seeds)"
+    best = f"{fmt(m['auc_best_sign_mean'])} +- {fmt(m['auc_best_sign_std'])}"
+  else:
+    auc, best = fmt(m["auc"]), fmt(m["auc_best_sign"])
+  bins = " / ".join(fmt(b["auc"]) for b in m["by_mag"])
+  base = m["baselines"]
+  base_bins = " / ".join(fmt(b["auc"]) for b in base["concentration"]["by_mag"])
+  return (f"| {run_dir.name} | {config['pipeline']} | {auc} | {best} | {fmt(m['accuracy'])} | {bins} | "
+          f"{fmt(base['concentration']['auc'])} ({base_bins}) | {fmt(base['psf_minus_extended']['auc'])} | "
+          f"{fmt(m.get('supervised_ceiling', {}).get('auc'))} | {m['wall_seconds']:.0f} |")
+
+
+def main(argv):
+  print("| run | pipeline | AUC label-free | AUC best sign | accuracy | AUC by r: <19 / 19-21 / >=21 | "
+        "baseline concentration AUC (by r) | baseline PSF-vs-extended AUC | supervised ceiling AUC | wall s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for d in argv[1:]:
+    if (Path(d) / "metrics.json").is_file():
+      print(row(Path(d)))
+
+
+if __name__ == "__main__":
+  main(sys.argv)
