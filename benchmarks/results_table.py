@@ -22,6 +22,8 @@ def row(run_dir: Path) -> str:
   else:
     auc, best = fmt(m["auc"]), fmt(m["auc_best_sign"])
   bins = " / ".join(fmt(b["auc"]) for b in m["by_mag"])
+  if m.get("num_seeds", 1) > 1:
+    bins = f"seed 0: {bins}"
   base = m["baselines"]
   base_bins = " / ".join(fmt(b["auc"]) for b in base["concentration"]["by_mag"])
   return (f"| {run_dir.name} | {config['pipeline']} | {auc} | {best} | {fmt(m['accuracy'])} | {bins} | "
