@@ -2,7 +2,7 @@
 
   python benchmarks/train_throughput.py --model=reference --batch=128 [--steps N]
       [--upconv=adjoint|flax] [--downconv=adjoint|flax] [--devices=N] [--axis_type=explicit|auto]
-      [--no-donate] [--xla_flags='...']
+      [--no-donate] [--xla_flags='...'] [--peak]
 
 `reference` is the comparison model: encoder of four stride-2 3x3 convs (32, 64, 128, 256, ReLU),
 dense to mu and log_sigma of 16 units, decoder mirrored with transposed convolutions (256 -> 128
@@ -16,7 +16,9 @@ Python loop: a rolled lax.scan over steps is far slower on XLA:CPU. With --devic
 over them (params replicated); XLA inserts the gradient all-reduce. The compile time is reported
 separately; batches are pre-generated on device, so input loading is not part of the figure.
 cpu_seconds_per_step (this process's CPU time) is the steadier figure when other jobs share the
-cores. The LAST line printed is a JSON object.
+cores. --peak adds the step's FLOPs from XLA's cost analysis (summed over the devices), a 4096^2
+float32 matmul's FLOP/s measured right after (the machine's peak as XLA reaches it) and the fraction
+of it the training step achieves. The LAST line printed is a JSON object.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--no-donate", dest="donate", action="store_false")
   parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS")
   parser.add_argument("--learning_rate", type=float, default=1e-3)
+  parser.add_argument("--peak", action="store_true",
+                      help="also report the step's FLOPs (XLA cost analysis), the machine's peak float32 "
+                           "FLOP/s (4096^2 matmul, benchmarks/peak_flops.py) and the fraction achieved")
   return parser.parse_args(argv)
 
 
@@ -144,7 +149,7 @@ def main(argv: list[str]) -> dict:
   # CPU time of this process (all threads): a steadier comparison when other jobs share the cores.
   cpu_seconds = time.process_time() - cpu_start
 
-  return {
+  result = {
     "images_per_second": round(args.batch * args.steps / seconds, 1),
     "seconds_per_step": round(seconds / args.steps, 4),
     "cpu_seconds_per_step": round(cpu_seconds / args.steps, 4),
@@ -164,6 +169,16 @@ def main(argv: list[str]) -> dict:
     "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     "cpu_count": os.cpu_count(),
   }
+  if args.peak:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peak_flops
+    flops = peak_flops.step_flops(compiled)
+    peak = peak_flops.measure_peak()
+    achieved = flops * args.steps / seconds
+    result.update(step_gflops=round(flops / 1e9, 3), achieved_gflops=round(achieved / 1e9, 1),
+                  peak_gflops=peak["peak_gflops"], fraction_of_peak=round(achieved / (peak["peak_gflops"] * 1e9), 3),
+                  peak=peak)
+  return result
 
 
 if __name__ == "__main__":

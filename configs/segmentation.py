@@ -1,0 +1,67 @@
+"""Pixel-wise segmentation (METHODS.md "Segmentation"): a plain and a residual conv AE trained (MSE) on the
+unlabelled images and compared on held-back ones; hypercolumns of the residual AE's layers -> k-means on a pixel
+sample -> object/background clusters by mean S/N -> connected components; every labelled cutout segmented
+(`DIR/segmentation.npz`), scored against the simulator's truth beside SEP tuned on the same cutouts, plus the k
+sweep. `:smoke` shrinks everything.
+
+Feature maps of the conv AEs (40-40-20-20, no output conv), the indices of `hypercolumn_layers`:
+0 enc 32px (40 ch), 1 enc 16px (40), 2 enc 8px (20), 3 enc 4px (20), 4 decoder projection 4px (20),
+5 dec 8px (20), 6 dec 16px (40), 7 dec 32px (40; in the residual AE it carries the skip from map 0).
+Default (0, 6, 7): the finest encoder map and the two finest decoder maps, 120 channels.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
+  """The `config.seg` block, shared with configs/seg_cvae.py."""
+  seg = ml_collections.ConfigDict()
+  seg.model = "residual_conv_ae"  # Whose features make the hypercolumns.
+  seg.compare_models = ("conv_ae", "residual_conv_ae")  # Trained and compared on held-back images.
+  seg.ae = common.stage1_ae_config(steps=300)  # The study's stage-1 AE settings, MSE; `model` set per run.
+  del seg.ae["model"]
+  seg.holdout_images = 500  # Unlabelled images held back from training, for the reconstruction MSE.
+  seg.hypercolumn_layers = (0, 6, 7)
+  seg.k = 4
+  seg.ks = (2, 3, 4, 5, 6, 8)  # The k sweep (k itself is always included).
+  seg.sample_pixels = 50_000  # k-means sample (pixels) ...
+  seg.fit_images = 2000  # ... drawn from this many unlabelled images (0 = all).
+  seg.kmeans_algorithm = "kmeans"  # kmeans | minibatch
+  seg.rule = "snr_threshold"  # segmentation.FOREGROUND_RULES
+  seg.snr_threshold = 1.0  # Clusters whose sampled pixels' mean detection S/N exceeds this are objects.
+  seg.snr_bands = "gri"  # Bands of the detection S/N image.
+  seg.min_area = 5  # Smaller components are dropped.
+  seg.connectivity = 8
+  seg.centre_radius = 5.0  # The central object must come within this many pixels of the cutout centre.
+  seg.chunk = 64  # Images per hypercolumn chunk (64 x 64 x 64 x 120 float32 = 126 MB).
+  seg.score_images = 0  # Labelled cutouts scored against truth and segmented by SEP (0 = all).
+  seg.sep_bands = ("r", "gri", "ugriz")  # SEP tuning grid: detection band(s) ...
+  seg.sep_thresholds = (0.8, 1.0, 1.5, 2.0, 3.0)  # ... x threshold in sigma (after its 3x3 filter).
+  seg.sep_minarea = 5
+  seg.mag_bins = (19.0, 21.0)  # r-magnitude bins of the neighbour completeness / purity tables.
+  seg.mask_dilate = 2  # seg_cvae: neighbour masks grown by this many pixels before the noise fill.
+  seg.classifier_pipeline = "ae_vae"  # seg_cvae: the classification run on masked and original inputs.
+  seg.n_plot = 12  # Cutouts in the overlay figure.
+  if smoke:
+    seg.ae.train.steps = 6
+    seg.ae.train.batch_size = 32
+    seg.ae.train.checkpoint_every = 3
+    seg.ae.train.log_every = 2
+    seg.holdout_images = 50
+    seg.ks = (3, 4)
+    seg.sample_pixels = 5000
+    seg.fit_images = 100
+    seg.chunk = 32
+    seg.sep_bands = ("gri",)
+    seg.sep_thresholds = (1.0, 2.0)
+    seg.n_plot = 4
+  return seg
+
+
+def get_config(arg=None):
+  config = common.base_config()
+  config.pipeline = "segmentation"
+  config.seg = seg_config(smoke="smoke" in common.parse_arg(arg))
+  return common.finish(config, arg)
