@@ -77,7 +77,7 @@ def test_colab_notebook_runs_a_sharded_seed_study(smoke_cache, tmp_path, monkeyp
   assert (workdir / "metrics.json").is_file() and (workdir / "plots" / "seed_distribution.png").is_file()
   assert _images(notebook) == len(list((workdir / "plots").glob("*.png")))
   table = _markdown_outputs(notebook)
-  assert all(f"\n| {s} | " in table for s in range(4)) and "mean +- std" in table
+  assert all(f"\n| {s} | " in table for s in range(4)) and "mean +- std" in table and "consensus of the 4 seeds" in table
 
 
 def test_sdss_walkthrough_runs_on_real_frames(sdss_frames_dir, smoke_cache, tmp_path, monkeypatch):
