@@ -12,7 +12,7 @@ For S seeds, three ways to run S independently seeded trainings of one model:
 - `sharded`: the same vmapped step with the seed axis sharded over the devices (`train.seed_mesh`,
              NamedSharding(P('seed'))): exactly what `train.train_seeds` runs
              (run_seeds(seed_scope='stage2')). For S = 1 seed_mesh has one device: same as vmap.
-Two candidates that are not (yet) the project's code path, for comparison:
+Four candidates that are not (yet) the project's code path, for comparison:
 - `shard_map`:      `jax.shard_map(jax.vmap(step))` over the seed mesh: each device runs its own
                     seeds with no collectives (for conv models the SPMD partitioner does not split
                     the vmapped, i.e. grouped, convolutions of `sharded` over the seed axis: it
@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,7 @@ def bench_one(model: str, strategy: str, seeds: int, args, setups, peak_gflops: 
     compile_seconds = time.perf_counter() - compile_start
     flops_per_round = peak_flops.step_flops(next(iter(compiled_by_device.values()))) * seeds
     devices_used = len(compiled_by_device)
+    hlo = next(iter(compiled_by_device.values())).as_text()
 
     def one_round(r):
       all_metrics = []
@@ -183,6 +185,7 @@ def bench_one(model: str, strategy: str, seeds: int, args, setups, peak_gflops: 
     compile_seconds = time.perf_counter() - compile_start
     flops_per_round = peak_flops.step_flops(compiled) * seeds
     devices_used = mesh.devices.size
+    hlo = compiled.as_text()
 
     def one_round(r):
       for s in range(seeds):
@@ -223,6 +226,7 @@ def bench_one(model: str, strategy: str, seeds: int, args, setups, peak_gflops: 
     compiled = step.lower(state, batches[0], place(keys_for(stacked_keys, 0))).compile()
     compile_seconds = time.perf_counter() - compile_start
     flops_per_round = peak_flops.step_flops(compiled)
+    hlo = compiled.as_text()
     holder = {"state": state}
 
     def one_round(r):
@@ -255,6 +259,10 @@ def bench_one(model: str, strategy: str, seeds: int, args, setups, peak_gflops: 
     "images_x_seeds_per_cpu_second_x_cores": round(images / cpu_seconds * (os.cpu_count() or 1), 1),
     "compile_seconds": round(compile_seconds, 2),
     "gflops_per_round": round(flops_per_round / 1e9, 3),
+    # Collectives in the compiled step and the largest group count of its convolutions (a vmapped conv
+    # over S seeds becomes one grouped convolution, feature_group_count = S).
+    "all_gathers": len(re.findall(r"all-gather(?:-start)?\(", hlo)),
+    "max_conv_groups": max([int(g) for g in re.findall(r"feature_group_count=(\d+)", hlo)] or [1]),
     "achieved_gflops": round(achieved / 1e9, 1),
     "fraction_of_peak": round(achieved / (peak_gflops * 1e9), 3) if peak_gflops else None,
     "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
