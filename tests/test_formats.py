@@ -104,9 +104,13 @@ def test_garbage_and_pickle_files_refused(tmp_path):
 
 def test_object_dtype_refused_without_unpickling(tmp_path):
   path = tmp_path / "o.npy"
-  records = np.zeros(1, [("objID", "<i8"), ("image", "O"), ("class", "<U6"), ("z", "<f8")])
-  records["image"][0] = _images(1)[0]
-  np.save(path, records, allow_pickle=True)  # writing a hostile file; reading must refuse it
+  # A hostile file written by hand, as numpy writes object arrays: a header declaring an object field, then a
+  # pickle payload. Reading must refuse it from the header alone.
+  dtype = np.dtype([("objID", "<i8"), ("image", "O"), ("class", "<U6"), ("z", "<f8")])
+  with open(path, "wb") as f:
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (1,)})
+    pickle.dump([(1, _images(1)[0], "STAR", 0.1)], f)
   _refused(path, "labelled", "Python objects")
 
 
