@@ -261,13 +261,12 @@ def make_predict_fn(graphdef):
   return predict
 
 
-def predict_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int, batch_size: int,
-                       keys: tuple[str, ...] = ("mu", "z")) -> dict[str, np.ndarray]:
-  """Runs the trained model over `n` objects; `inputs(indices)` returns the model inputs for those indices.
+def _predict_chunks(predict, result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int,
+                    batch_size: int, keys: tuple[str, ...], axis: int) -> dict[str, np.ndarray]:
+  """Runs `predict(params, model_state, x)` over `n` objects in chunks; the object axis of the outputs is `axis`.
 
   The last chunk is padded to the batch size so the program compiles once.
   """
-  predict = make_predict_fn(result.graphdef)
   chunks: dict[str, list[np.ndarray]] = {}
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
@@ -278,8 +277,14 @@ def predict_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.nd
     out = jax.device_get(predict(result.params, result.model_state, x))
     for k in keys:
       if k in out:
-        chunks.setdefault(k, []).append(np.asarray(out[k])[: len(idx)])
-  return {k: np.concatenate(v) for k, v in chunks.items()}
+        chunks.setdefault(k, []).append(np.take(np.asarray(out[k]), np.arange(len(idx)), axis=axis))
+  return {k: np.concatenate(v, axis=axis) for k, v in chunks.items()}
+
+
+def predict_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int, batch_size: int,
+                       keys: tuple[str, ...] = ("mu", "z")) -> dict[str, np.ndarray]:
+  """Runs the trained model over `n` objects; `inputs(indices)` returns the model inputs for those indices."""
+  return _predict_chunks(make_predict_fn(result.graphdef), result, inputs, n, batch_size, keys, axis=0)
 
 
 def predict_seeds_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int,
@@ -288,15 +293,4 @@ def predict_seeds_in_batches(result: TrainResult, inputs: Callable[[np.ndarray],
   predict = jax.jit(jax.vmap(
       lambda p, s, x: models.apply_model(result.graphdef, p, s, x, key=None, train=False)[0],
       in_axes=(0, 0, None)))
-  chunks: dict[str, list[np.ndarray]] = {}
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    x = inputs(idx)
-    pad = batch_size - len(idx)
-    if pad:
-      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-    out = jax.device_get(predict(result.params, result.model_state, x))
-    for k in keys:
-      if k in out:
-        chunks.setdefault(k, []).append(np.asarray(out[k])[:, : len(idx)])
-  return {k: np.concatenate(v, axis=1) for k, v in chunks.items()}
+  return _predict_chunks(predict, result, inputs, n, batch_size, keys, axis=1)
