@@ -48,7 +48,7 @@ def stage1_ae_config(steps: int) -> ml_collections.ConfigDict:
 
 def score_config(method: str = "isomap", unit: int = 0) -> ml_collections.ConfigDict:
   score = ml_collections.ConfigDict()
-  score.method = method  # latent_unit | isomap | tsne | spectral | pca | gmm | kmeans
+  score.method = method  # latent_unit | uncorrelated_with_magnitude | isomap | tsne | spectral | pca | gmm | kmeans
   score.unit = unit  # For method latent_unit: which latent unit's mean is the 1-D score.
   score.n_neighbors = 10
   score.fit_size = 5000  # Manifold fitted on this many objects, extended out of sample to the rest.

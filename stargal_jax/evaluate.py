@@ -18,17 +18,22 @@ EMBEDDING_METHODS = ("isomap", "tsne", "spectral", "pca")
 CLUSTER_METHODS = ("gmm", "kmeans")
 
 
-def score_from_latents(latents: np.ndarray, score_config, seed: int) -> np.ndarray:
-  """The study's 1-D score: one latent unit's mean, a manifold embedding to 1-D, or a 2-cluster posterior."""
+def score_from_latents(latents: np.ndarray, score_config, seed: int, measurements: dict) -> np.ndarray:
+  """The 1-D score: one latent unit's mean (the study's rule), a manifold embedding to 1-D, a 2-cluster
+  posterior, or the latent direction uncorrelated with the r magnitude measured on the images (label-free;
+  `measurements` from `image_measurements`)."""
   method = score_config.method
   if method == "latent_unit":
     return np.asarray(latents[:, score_config.unit], dtype=np.float64)
+  if method == "uncorrelated_with_magnitude":
+    return manifold.uncorrelated_with(latents, measurements["r_mag"], seed=seed)
   if method in EMBEDDING_METHODS:
     return manifold.embed_1d(latents, method=method, n_neighbors=score_config.n_neighbors,
                              fit_size=score_config.fit_size, seed=seed)
   if method in CLUSTER_METHODS:
     return manifold.cluster_2(latents, method=method, seed=seed)[1]
-  raise ValueError(f"Unknown score method {method!r}; valid: {['latent_unit', *EMBEDDING_METHODS, *CLUSTER_METHODS]}")
+  raise ValueError(f"Unknown score method {method!r}; valid: "
+                   f"{['latent_unit', 'uncorrelated_with_magnitude', *EMBEDDING_METHODS, *CLUSTER_METHODS]}")
 
 
 def image_measurements(store, chunk: int = 2048) -> dict[str, np.ndarray]:
@@ -114,11 +119,12 @@ def consensus_metrics(evaluations: list[dict], is_galaxy, star_fraction: float, 
   return metrics.classification_metrics(is_galaxy, ranks, star_fraction, r_mag, mag_bins)
 
 
-def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], labelled_store, measurements: dict,
-                     star_fraction: float, mag_bins, config_text: str, make_plots: bool = True) -> dict:
+def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], latents_per_seed: np.ndarray,
+                     labelled_store, measurements: dict, star_fraction: float, mag_bins, config_text: str,
+                     make_plots: bool = True) -> dict:
   """A stability study's outputs: seed 0's full outputs (already written by write_outputs, `first`) plus every
-  seed's numbers, their summary (mean, std, min, max, 95% t-interval), the agreement between seeds' labelings
-  (mean pairwise adjusted Rand index), predictions with a seed axis, and the per-seed distribution plot."""
+  seed's numbers and latents, their summary (mean, std, min, max, 95% t-interval), the agreement between seeds'
+  labelings (mean pairwise adjusted Rand index), predictions with a seed axis, and the per-seed distribution plot."""
   workdir = Path(workdir)
   study = {k: v for k, v in first.items() if k != "plots"}
   over_seeds = {}
@@ -139,6 +145,10 @@ def write_seed_study(workdir: Path, first: dict, evaluations: list[dict], labell
   np.savez(workdir / "predictions.npz", objID=np.asarray(labelled_store.index["objID"]),
            score=np.stack([e["score"] for e in evaluations]).astype(np.float32),
            pred=np.stack([e["pred"] for e in evaluations]).astype(np.int8))
+  # Every seed's latents, so a new scoring rule can be studied without retraining.
+  np.savez(workdir / "latents.npz", objID=np.asarray(labelled_store.index["objID"]), latents=latents_per_seed[0],
+           latents_per_seed=np.asarray(latents_per_seed, dtype=np.float32), label=labelled_store.index["label"],
+           r_mag=measurements["r_mag"])
   plot_paths = dict(first.get("plots", {}))
   if make_plots:
     plots.plot_seed_distribution({"AUC (label-free)": study["auc_per_seed"],

@@ -46,7 +46,8 @@ def classify(config, inputs: inputs_lib.Inputs, workdir: Path) -> dict:
   measurements = evaluate.image_measurements(inputs.labelled)
   evaluations = []
   for s, latents in enumerate(latents_per_seed):
-    raw_score = evaluate.score_from_latents(latents, config.score, seed=config.seed + s)
+    raw_score = evaluate.score_from_latents(latents, config.score, seed=config.seed + s,
+                                           measurements=measurements)
     evaluations.append(evaluate.evaluate(
         latents, raw_score, inputs.labelled, measurements, config.data.star_fraction, tuple(config.data.mag_bins),
         seed=config.seed + s, supervised_ceiling=config.eval.supervised_ceiling and s == 0))
@@ -58,7 +59,7 @@ def classify(config, inputs: inputs_lib.Inputs, workdir: Path) -> dict:
                                config_text, make_plots=config.eval.plots)
   base = {k: round(v["auc"], 4) for k, v in out["baselines"].items()}
   if config.num_seeds > 1:
-    out = evaluate.write_seed_study(workdir, out, evaluations, inputs.labelled, measurements,
+    out = evaluate.write_seed_study(workdir, out, evaluations, latents_per_seed, inputs.labelled, measurements,
                                     config.data.star_fraction, tuple(config.data.mag_bins), config_text,
                                     make_plots=config.eval.plots)
     print(f"[result] {config.num_seeds} seeds: auc {out['auc_mean']:.4f} +- {out['auc_std']:.4f} "

@@ -173,6 +173,41 @@ def cluster_2(latents, method: str = "gmm", seed: int = 0) -> tuple[np.ndarray, 
   return labels.astype(np.int64), score.astype(np.float64)
 
 
+def uncorrelated_with(latents, nuisance, seed: int = 0) -> np.ndarray:
+  """(N,) the part of `latents` (N, d >= 2) carrying no linear trace of `nuisance` (N,), e.g. r magnitude.
+
+  Why: a 2-unit latent mixes morphology with brightness, and in which proportions changes from seed to
+  seed (on the embedded data the KL unit carries the morphology in some seeds and brightness in others;
+  a GMM on both units then splits by brightness in about a third of the seeds). Brightness is measured on
+  the images without labels, so its direction can be removed: the latents are whitened, and the score is
+  their projection onto the directions uncorrelated with the nuisance. With d = 2 that is one direction,
+  a . cov(z, nuisance) = 0 (independent of any linear reparameterisation of the latent); with d > 2 the
+  (d-1)-dimensional remainder goes to the 2-component GMM of `cluster_2`. Objects with a non-finite
+  nuisance are scored but do not enter the fit.
+  """
+  points = _as_latents(latents)
+  values = np.asarray(nuisance, dtype=np.float64).ravel()
+  if len(values) != len(points):
+    raise ValueError(f"{len(points)} latents but {len(values)} nuisance values")
+  if points.shape[1] < 2:
+    raise ValueError(f"uncorrelated_with needs latents with >= 2 units, got {points.shape[1]}")
+  usable = np.isfinite(values)
+  if usable.sum() <= points.shape[1] + 1:
+    raise ValueError(f"only {int(usable.sum())} finite nuisance values for {points.shape[1]} latent units")
+  centre = points[usable].mean(axis=0)
+  variances, axes = np.linalg.eigh(np.cov(points[usable] - centre, rowvar=False))
+  keep = variances > 1e-12 * variances.max()  # a collapsed unit carries nothing to keep
+  white = (points - centre) @ (axes[:, keep] / np.sqrt(variances[keep]))
+  link = white[usable].T @ (values[usable] - values[usable].mean()) / usable.sum()
+  if white.shape[1] < 2 or not np.any(link):
+    raise ValueError("latents have fewer than 2 non-constant directions, or none varies with the nuisance")
+  complement = np.linalg.svd(link[None, :])[2][1:]  # orthonormal rows spanning {a : a . link = 0}
+  remainder = white @ complement.T
+  if remainder.shape[1] == 1:
+    return remainder[:, 0]
+  return cluster_2(remainder, method="gmm", seed=seed)[1]
+
+
 def supervised_ceiling(latents, is_galaxy, seed: int = 0, folds: int = 5) -> dict[str, float]:
   """Cross-validated logistic regression on standardised latents: the supervised upper reference.
 

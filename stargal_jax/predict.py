@@ -144,10 +144,11 @@ def encode(run: TrainedRun, images, batch_size: int | None = None) -> np.ndarray
   return np.asarray(per_seed, dtype=np.float64)
 
 
-def score_latents(latents: np.ndarray, extendedness: np.ndarray, config, seed: int) -> dict[str, Any]:
-  """One seed's label-free score of (N, d) latents, as `evaluate.evaluate` computes it for a run."""
-  raw = evaluate.score_from_latents(latents, config.score, seed=seed)
-  score, sign = metrics.orient_score(raw, extendedness)
+def score_latents(latents: np.ndarray, measurements: dict, config, seed: int) -> dict[str, Any]:
+  """One seed's label-free score of (N, d) latents, as `evaluate.evaluate` computes it for a run
+  (`measurements` from `evaluate.image_measurements` of the same objects)."""
+  raw = evaluate.score_from_latents(latents, config.score, seed=seed, measurements=measurements)
+  score, sign = metrics.orient_score(raw, measurements["extendedness"])
   star_fraction = float(config.data.star_fraction)
   return {"score": score, "pred": metrics.prior_threshold_predictions(score, star_fraction),
           "orientation_sign": int(sign), "threshold": float(np.quantile(score, star_fraction))}
@@ -166,7 +167,7 @@ def score_cutouts(workdir_or_run: str | Path | TrainedRun, images, batch_size: i
   source = _as_source(images)
   latents = encode(run, source, batch_size)
   measurements = evaluate.image_measurements(source)
-  scored = [score_latents(z, measurements["extendedness"], run.config, seed=int(run.config.seed) + s)
+  scored = [score_latents(z, measurements, run.config, seed=int(run.config.seed) + s)
             for s, z in enumerate(latents)]
   out = {k: np.asarray([s[k] for s in scored]) for k in scored[0]}
   out["latents"] = latents

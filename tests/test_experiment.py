@@ -109,3 +109,6 @@ def test_seed_study_reports_every_seed_and_their_summary(smoke_cache, tmp_path):
   assert -1.0 <= out["seed_agreement_ari"] <= 1.0 and 0.0 <= out["consensus"]["auc"] <= 1.0
   pred = np.load(tmp_path / "predictions.npz", allow_pickle=False)
   assert pred["score"].shape == (3, out["n_labelled"]) and pred["pred"].shape == (3, out["n_labelled"])
+  latents = np.load(tmp_path / "latents.npz", allow_pickle=False)
+  assert latents["latents_per_seed"].shape == (3, out["n_labelled"], 2)
+  np.testing.assert_allclose(latents["latents_per_seed"][0], latents["latents"], rtol=1e-6)

@@ -115,3 +115,60 @@ def test_supervised_ceiling_separable_and_random_labels():
   assert ceiling["auc"] > 0.99 and ceiling["accuracy"] > 0.95
   noise = manifold.supervised_ceiling(points, rng.random(400) < 0.5, seed=0)
   assert abs(noise["auc"] - 0.5) < 0.1 and abs(noise["accuracy"] - 0.5) < 0.1
+
+
+def mixed_morphology_and_brightness(n=3000, seed=0):
+  """A 2-unit latent that mixes a bimodal 'morphology' with a skewed 'brightness' (which also differs a
+  little between the classes, as on the sky), rotated and scaled: a GMM on it splits by brightness."""
+  rng = np.random.default_rng(seed)
+  group = rng.random(n) < 0.3
+  magnitude = rng.gamma(2.0, 1.5, n) + 17 + 0.5 * group
+  morphology = np.where(group, 1.0, -1.0) + rng.normal(0, 0.35, n)
+  brightness = (magnitude - magnitude.mean()) * 2.0
+  mixing = np.array([[0.8, 0.6], [-0.3, 0.9]])
+  return np.c_[morphology, brightness] @ mixing.T + 0.1, magnitude, group
+
+
+def test_uncorrelated_with_removes_the_nuisance_and_keeps_the_groups():
+  latents, magnitude, group = mixed_morphology_and_brightness()
+  score = manifold.uncorrelated_with(latents, magnitude)
+  assert abs(np.corrcoef(score, magnitude)[0, 1]) < 1e-10
+  assert best_sign_auc(group, score) > 0.99
+  assert best_sign_auc(group, manifold.cluster_2(latents, "gmm")[1]) < 0.9  # what it fixes
+
+
+def test_uncorrelated_with_matches_the_closed_form_direction_in_2d():
+  # In 2-D the score is z . a with a . cov(z, m) = 0, i.e. a = (-c1, c0): the same up to scale and sign.
+  latents, magnitude, _ = mixed_morphology_and_brightness(seed=1)
+  c = np.cov(np.c_[latents, magnitude], rowvar=False)[:2, 2]
+  direct = latents @ np.array([-c[1], c[0]])
+  assert abs(np.corrcoef(manifold.uncorrelated_with(latents, magnitude), direct)[0, 1]) > 1 - 1e-12
+
+
+def test_uncorrelated_with_ignores_linear_reparameterisation_and_non_finite_nuisance():
+  latents, magnitude, _ = mixed_morphology_and_brightness(seed=2)
+  score = manifold.uncorrelated_with(latents, magnitude)
+  moved = manifold.uncorrelated_with(latents @ np.array([[3.0, 1.0], [0.5, -2.0]]) - 7.0, magnitude)
+  assert abs(np.corrcoef(score, moved)[0, 1]) > 1 - 1e-12
+  holes = magnitude.copy()
+  holes[:10] = np.nan
+  with_holes = manifold.uncorrelated_with(latents, holes)
+  assert np.all(np.isfinite(with_holes)) and abs(np.corrcoef(score, with_holes)[0, 1]) > 0.999
+
+
+def test_uncorrelated_with_clusters_the_remainder_of_a_wider_latent():
+  latents, magnitude, group = mixed_morphology_and_brightness(seed=3)
+  noise = np.random.default_rng(3).normal(0, 0.05, (len(latents), 1))
+  score = manifold.uncorrelated_with(np.c_[latents, noise], magnitude)
+  assert score.min() >= 0 and score.max() <= 1  # a GMM posterior
+  assert best_sign_auc(group, score) > 0.99
+
+
+def test_uncorrelated_with_rejects_what_it_cannot_use():
+  latents, magnitude, _ = mixed_morphology_and_brightness(n=100)
+  with pytest.raises(ValueError, match=">= 2 units"):
+    manifold.uncorrelated_with(latents[:, :1], magnitude)
+  with pytest.raises(ValueError, match="100 latents but 99"):
+    manifold.uncorrelated_with(latents, magnitude[:99])
+  with pytest.raises(ValueError, match="finite nuisance"):
+    manifold.uncorrelated_with(latents, np.full(100, np.nan))
