@@ -217,6 +217,7 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
   steps = int(train_config.steps)
   images_per_step = images_per_step or int(train_config.batch_size)
   t0 = time.perf_counter()
+  steady_since = None  # (time, step) after the first step, whose time is mostly compilation
   for step in range(start, steps):
     train_state, metrics = step_fn(train_state, batch_for_step(step), key_for_step(step))
     host = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
@@ -229,8 +230,12 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
           f"[{name}] non-finite loss or gradient at step {step}{which} ({terms}); stopped. The last good "
           f"checkpoint (step {manager.latest_step()}) is kept in {ckpt_dir}.")
     done = step + 1
+    if steady_since is None:
+      steady_since = (time.perf_counter(), done)
+      print(f"[{name}] first step (compilation included) took {steady_since[0] - t0:.1f}s", flush=True)
     if done % train_config.log_every == 0 or done == steps:
-      rate = (done - start) * images_per_step / max(time.perf_counter() - t0, 1e-9)
+      since, since_step = steady_since if done > steady_since[1] else (t0, start)
+      rate = (done - since_step) * images_per_step / max(time.perf_counter() - since, 1e-9)
       left = (steps - done) * images_per_step / max(rate, 1e-9)
       means = {k: float(np.mean(v)) for k, v in host.items()}
       history.append(dict(step=done, **means, images_per_second=rate))
