@@ -685,14 +685,37 @@ def write_masked_store(store, masks: np.ndarray, directory: Path, seed: int, dil
 
 
 def subset_aucs(labels: np.ndarray, score: np.ndarray, subsets: Mapping[str, np.ndarray]) -> dict:
-  """AUC (galaxies positive, the run's label-free orientation) and max(AUC, 1 - AUC) per subset."""
+  """AUC (galaxies positive, the run's label-free orientation) and max(AUC, 1 - AUC) per subset. A seed
+  study's score (S, N) gives each seed's AUC (`auc_per_seed`) and their mean (`auc`) and std."""
   is_galaxy = formats.is_galaxy(labels)
+  scores = np.atleast_2d(np.asarray(score))
   out = {}
   for name, sel in subsets.items():
     sel = np.asarray(sel, bool)
     both = sel.sum() > 0 and 0 < is_galaxy[sel].sum() < sel.sum()
-    auc = metrics.roc_auc(is_galaxy[sel], score[sel]) if both else float("nan")
-    out[name] = {"n": int(sel.sum()), "auc": auc, "auc_best_sign": max(auc, 1 - auc) if both else float("nan")}
+    per_seed = np.array([metrics.roc_auc(is_galaxy[sel], s[sel]) if both else np.nan for s in scores])
+    out[name] = {"n": int(sel.sum()), "auc": float(np.mean(per_seed)),
+                 "auc_best_sign": float(np.mean(np.maximum(per_seed, 1 - per_seed)))}
+    if len(scores) > 1:
+      out[name].update(auc_per_seed=per_seed.tolist(), auc_std=float(np.std(per_seed, ddof=1)))
+  return out
+
+
+def masking_gain(aucs: Mapping[str, Mapping]) -> dict:
+  """What masking does, seed by seed (masked and unmasked runs share seed indices): the AUC change on
+  objects with neighbours, on those without, and their difference, which removes whatever changed for
+  every object (a different stage-1 AE, other training noise) and leaves the effect of the masking."""
+  def change(subset):
+    m, u = aucs["masked"][subset], aucs["unmasked"][subset]
+    return np.asarray(m.get("auc_per_seed", [m["auc"]])) - np.asarray(u.get("auc_per_seed", [u["auc"]]))
+  with_nb, without_nb = change("with_neighbours"), change("without_neighbours")
+  out = {}
+  for name, values in (("with_neighbours", with_nb), ("without_neighbours", without_nb),
+                       ("with_minus_without", with_nb - without_nb)):
+    out[name] = {"mean": float(np.mean(values))}
+    if len(values) > 1:
+      out[name].update(std=float(np.std(values, ddof=1)), per_seed=values.tolist(),
+                       seeds_positive=int(np.sum(values > 0)))
   return out
 
 
@@ -744,25 +767,28 @@ def run_seg_cvae(config, workdir: str | Path) -> dict:
     true_nb = np.asarray(inputs.truth["n_neighbours"]) > 0
     subsets.update(with_neighbours=true_nb, without_neighbours=~true_nb)
   else:
-    subsets["with_neighbours"] = predicted_nb  # no truth: the segmentation's neighbours stand in
+    # No truth: the segmentation's neighbours stand in.
+    subsets.update(with_neighbours=predicted_nb, without_neighbours=~predicted_nb)
   labels = np.asarray(inputs.labelled.index["label"])
   aucs = {}
   for name in runs:
     with np.load(workdir / name / "predictions.npz", allow_pickle=False) as f:
       aucs[name] = subset_aucs(labels, f["score"], subsets)
   gain = aucs["masked"]["with_neighbours"]["auc"] - aucs["unmasked"]["with_neighbours"]["auc"]
+  gains = masking_gain(aucs)
   out = {"pipeline": config.pipeline, "classifier_pipeline": sc.classifier_pipeline, "data_source": inputs.source,
          "neighbours_from": "truth n_neighbours > 0" if inputs.truth is not None else "segmentation",
          "auc_masked": runs["masked"]["auc"], "auc_unmasked": runs["unmasked"]["auc"],
          "auc_with_neighbours_masked": aucs["masked"]["with_neighbours"]["auc"],
          "auc_with_neighbours_unmasked": aucs["unmasked"]["with_neighbours"]["auc"],
-         "auc_gain_with_neighbours": gain, "subsets": aucs,
+         "auc_gain_with_neighbours": gain, "gain": gains, "num_seeds": int(config.num_seeds), "subsets": aucs,
          "segmentation": {"model": sc.model, "k": k, "hypercolumn_layers": list(fitted.layers),
                           "central_found_fraction": central_found_fraction(masks["labelled"]),
                           "labelled_with_predicted_neighbours": int(predicted_nb.sum()),
                           "unlabelled_with_predicted_neighbours":
                             int((masks["unlabelled"] >= 2).any(axis=(1, 2)).sum())},
-         "targets": {"masking_raises_auc_with_neighbours": bool(gain > 0)},
+         "targets": {"masking_raises_auc_with_neighbours": bool(gain > 0),
+                     "raises_it_more_than_for_objects_without": bool(gains["with_minus_without"]["mean"] > 0)},
          "wall_seconds": time.perf_counter() - t0}
   if inputs.truth is not None:
     out["segmentation"]["scores"] = score_against_truth(masks["labelled"], inputs.truth,
@@ -779,6 +805,7 @@ def run_seg_cvae(config, workdir: str | Path) -> dict:
                                                ["## Config", "", "```", config.to_json_best_effort(indent=2), "```", ""]))
   print(f"[result] AUC masked {out['auc_masked']:.4f} unmasked {out['auc_unmasked']:.4f} | with neighbours "
         f"masked {out['auc_with_neighbours_masked']:.4f} unmasked {out['auc_with_neighbours_unmasked']:.4f} "
+        f"| gain with - without neighbours {gains['with_minus_without']['mean']:+.4f} "
         f"| {out['wall_seconds']:.0f}s | {workdir}", flush=True)
   return out
 
@@ -819,6 +846,12 @@ def seg_cvae_report_lines(out: Mapping) -> list[str]:
   lines += markdown_table(rows, (("subset", "objects"), ("n", "n"), ("masked", "AUC masked"),
                                  ("unmasked", "AUC unmasked"), ("masked_bs", "best-sign AUC masked"),
                                  ("unmasked_bs", "best-sign AUC unmasked")))
+  seeds = out.get("num_seeds", 1)
+  lines += ["", f"AUC change from masking ({seeds} seed{'s' if seeds > 1 else ''}; masked minus unmasked, seed by "
+            "seed; 'with minus without' removes what changed for every object):", ""]
+  lines += markdown_table([{"objects": k, **v} for k, v in out["gain"].items()],
+                          (("objects", "objects"), ("mean", "mean change"), ("std", "std over seeds"),
+                           ("seeds_positive", "seeds > 0")))
   s = out["segmentation"]
   lines += ["", f"Segmentation: `{s['model']}`, k = {s['k']}, layers {s['hypercolumn_layers']}; central object "
             f"found in {_cell(s['central_found_fraction'])} of the labelled cutouts; predicted neighbours in "

@@ -85,6 +85,7 @@ def test_seg_cvae_smoke(segmentation_run, tmp_path):
   config = load_config("seg_cvae")
   config.data.cache_dir = segmentation_run[0].data.cache_dir
   config.eval.plots = False
+  config.num_seeds = 2  # the seed-study path: per-seed subset AUCs and paired gains
   # Same segmentation AE settings: it resumes from the segmentation run's final checkpoint, so only the
   # two classifications train here (keeps the file fast).
   shutil.copytree(segmentation_run[1] / "checkpoints" / "residual_conv_ae",
@@ -97,6 +98,9 @@ def test_seg_cvae_smoke(segmentation_run, tmp_path):
   assert written["subsets"]["unmasked"]["with_neighbours"]["n"] > 0
   assert out["auc_gain_with_neighbours"] == pytest.approx(
       out["auc_with_neighbours_masked"] - out["auc_with_neighbours_unmasked"])
+  assert len(written["subsets"]["masked"]["all"]["auc_per_seed"]) == 2
+  assert out["gain"]["with_neighbours"]["mean"] == pytest.approx(out["auc_gain_with_neighbours"])
+  assert "mean change" in (tmp_path / "report.md").read_text()
   masked = stores.load_store(tmp_path / "masked_stores" / "labelled")
   np.testing.assert_array_equal(masked.index["objID"], np.load(tmp_path / "segmentation.npz")["objID"])
 
@@ -205,6 +209,29 @@ def test_subset_aucs_match_sklearn():
   assert got["some"]["auc"] == pytest.approx(roc_auc_score(labels[sel] == 1, score[sel]))
   assert got["some"]["n"] == sel.sum()
   assert got["some"]["auc_best_sign"] == pytest.approx(max(got["some"]["auc"], 1 - got["some"]["auc"]))
+
+
+def test_subset_aucs_per_seed_and_masking_gain():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, 300).astype(np.int8)
+  scores = rng.normal(size=(3, 300)) + np.array([[0.5], [1.0], [2.0]]) * (labels == 1)
+  near = rng.random(300) < 0.3
+  subsets = {"with_neighbours": near, "without_neighbours": ~near}
+  got = job.subset_aucs(labels, scores, subsets)
+  per_seed = [roc_auc_score(labels[near] == 1, s[near]) for s in scores]
+  np.testing.assert_allclose(got["with_neighbours"]["auc_per_seed"], per_seed)
+  assert got["with_neighbours"]["auc"] == pytest.approx(np.mean(per_seed))
+  assert got["with_neighbours"]["auc_std"] == pytest.approx(np.std(per_seed, ddof=1))
+  # Masking that helps only the objects with neighbours: seed s's masked score is its unmasked score with
+  # the neighbour objects' galaxy signal doubled.
+  masked = scores + np.array([[0.5], [1.0], [2.0]]) * ((labels == 1) & near)
+  aucs = {"masked": job.subset_aucs(labels, masked, subsets), "unmasked": got}
+  gain = job.masking_gain(aucs)
+  expected = np.array(aucs["masked"]["with_neighbours"]["auc_per_seed"]) - np.array(per_seed)
+  np.testing.assert_allclose(gain["with_neighbours"]["per_seed"], expected)
+  np.testing.assert_allclose(gain["without_neighbours"]["per_seed"], 0.0, atol=1e-12)
+  assert gain["with_minus_without"]["mean"] == pytest.approx(expected.mean()) and gain["with_minus_without"]["mean"] > 0
+  assert gain["with_minus_without"]["seeds_positive"] == 3
 
 
 # --------------------------------------------------------------------------- real data
