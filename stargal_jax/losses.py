@@ -199,7 +199,9 @@ def kl_to_bimodal(mu: Array, log_sigma: Array, m: ArrayLike, s: ArrayLike, order
   """
   m = jnp.abs(jnp.asarray(m, mu.dtype))  # Q is symmetric in m.
   s = jnp.asarray(s, mu.dtype)
-  sigma = jnp.exp(log_sigma)
+  # sigma enters the expectations only; clipped so its powers stay normal float32 numbers (an encoder that
+  # drives log sigma below about -29 otherwise gets 0 * inf = NaN gradients). Changes them by < 1e-8 there.
+  sigma = jnp.exp(jnp.clip(log_sigma, -20.0, 20.0))
   c = 2.0 * m / s**2
   t = mu / sigma
   expected_relu = c * (sigma * jnp.exp(-0.5 * t**2 - _HALF_LOG_2PI) - mu * ndtr(-t))
@@ -230,7 +232,9 @@ def kl_to_bimodal_authors(mu: Array, log_sigma: Array, m: ArrayLike, s: ArrayLik
   It reproduces the published value: -10.9 at mu=-1, sigma=0.2, m=1, s=0.5 (true KL 1.19), and is not
   symmetric in mu (at mu=+1 it gives 1.19).
   """
-  sigma = jnp.exp(log_sigma)
+  # The clip only keeps sigma^2 a normal float32 (no 0 * inf = NaN in the gradient once an encoder drives
+  # log sigma below -29: sigma^3 appears in it); the formula is unchanged on |log sigma| <= 20.
+  sigma = jnp.exp(jnp.clip(log_sigma, -20.0, 20.0))
   sqrt_2pi = math.sqrt(2.0 * math.pi)
   tail = 0.5 * (1.0 - jnp.tanh(1.19 * mu / (sigma * math.sqrt(2.0))))
   expected_neg_part = sqrt_2pi * (-mu) * tail + sigma / sqrt_2pi * jnp.exp(-(mu**2) / (2.0 * sigma**2))

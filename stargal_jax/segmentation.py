@@ -432,7 +432,8 @@ def component_magnitudes(images: np.ndarray, masks: np.ndarray, image_index: np.
 
 def score_masks(pred_masks: np.ndarray, true_masks: np.ndarray,
                 nb_table: Mapping[str, np.ndarray] | None = None,
-                mag_bins: Sequence[float] = (18, 20, 22), images: np.ndarray | None = None) -> dict:
+                mag_bins: Sequence[float] = (18, 20, 22), images: np.ndarray | None = None,
+                central_mag: np.ndarray | None = None) -> dict:
   """Scores predicted masks against truth masks (both (N, H, W) int, 0 / 1 central / >= 2 neighbours).
 
   central_iou: mean over images of IoU(pred == 1, true == 1) (images where both are empty skipped).
@@ -443,6 +444,8 @@ def score_masks(pred_masks: np.ndarray, true_masks: np.ndarray,
   neighbour r magnitude (`nb_table['nb_mag_r']`; bins (-inf, b0), [b0, b1), ..., [bn, inf));
   purity per bin of the component's measured r magnitude when `images` is given (a false component
   has no true magnitude). Without `nb_table`, neighbours come from the truth masks (no magnitudes).
+  With `central_mag` (N,) (the central objects' true r magnitudes), central_iou_by_mag gives the mean
+  central IoU per magnitude bin: where a method wins or loses (bright extended objects vs faint ones).
   """
   pred_masks, true_masks = np.asarray(pred_masks), np.asarray(true_masks)
   if pred_masks.shape != true_masks.shape:
@@ -466,6 +469,14 @@ def score_masks(pred_masks: np.ndarray, true_masks: np.ndarray,
       "neighbour_purity": _mean_or_nan(nb["real"]),
       "completeness_by_mag": _by_bin(nb["true_mag"], nb["detected"], mag_bins, "completeness"),
     }
+  if central_mag is not None:
+    edges = _mag_bin_edges(mag_bins)
+    mags = np.asarray(central_mag, dtype=np.float64)
+    result["central_iou_by_mag"] = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+      sel = (mags >= lo) & ((mags < hi) | (hi == np.inf)) & np.isfinite(central)
+      result["central_iou_by_mag"].append({"mag_lo": float(lo), "mag_hi": float(hi), "n": int(sel.sum()),
+                                           "central_iou": float(central[sel].mean()) if sel.any() else float("nan")})
   if images is not None:
     mags = component_magnitudes(images, pred_masks, nb["pred_image"], nb["pred_label"])
     result["purity_by_mag"] = _by_bin(mags, nb["real"], mag_bins, "purity")

@@ -36,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from matplotlib.figure import Figure
 
+from stargal_jax import BANDS
 from stargal_jax import inputs as inputs_lib
 from stargal_jax import metrics, models, paths, pipelines, plots, report, train
 from stargal_jax import segmentation as seg
@@ -295,8 +296,9 @@ def summarize_scores(scores: Mapping, masks: np.ndarray) -> dict:
 
 def score_against_truth(masks: np.ndarray, truth: Mapping[str, np.ndarray], images: np.ndarray,
                         mag_bins: Sequence[float]) -> dict:
+  central_mag = np.asarray(truth["mag"])[:, BANDS.index("r")] if "mag" in truth else None
   scores = seg.score_masks(masks, np.asarray(truth["mask"]), truth_neighbour_table(truth), mag_bins,
-                           images=images)
+                           images=images, central_mag=central_mag)
   return summarize_scores(scores, masks)
 
 
@@ -484,7 +486,10 @@ def segmentation_report_lines(out: Mapping) -> list[str]:
     lines += ["", f"SEP: detection on the {sep_best['band']} S/N image, threshold {sep_best['thresh_sigma']:g} "
               "sigma (after its 3x3 filter), the best central IoU of the grid below, tuned on these very "
               "cutouts and their truth (an optimistic baseline).", ""]
-    lines += ["### Neighbour completeness by true r magnitude", ""]
+    lines += ["### Central-object IoU by true r magnitude of the central object", ""]
+    lines += markdown_table(_by_mag_rows(scores, "central_iou_by_mag", "central_iou"),
+                            (("name", "segmentation"), ("bin", "r mag"), ("n", "n"), ("central_iou", "central IoU")))
+    lines += ["", "### Neighbour completeness by true r magnitude", ""]
     lines += markdown_table(_by_mag_rows(scores, "completeness_by_mag", "completeness"),
                             (("name", "segmentation"), ("bin", "r mag"), ("n", "n"), ("completeness", "completeness")))
     lines += ["", "### Neighbour purity by measured r magnitude of the predicted component", ""]

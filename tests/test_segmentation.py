@@ -202,6 +202,9 @@ def test_score_masks_against_hand_computation():
   bins = s["completeness_by_mag"]
   assert [b["n"] for b in bins] == [0, 1, 1, 1]
   np.testing.assert_array_equal([b["completeness"] for b in bins], [np.nan, 1.0, 0.0, 1.0])
+  by_central = seg.score_masks(pred, true, table, mag_bins=(18, 20), central_mag=np.array([19.5, 25.0]))
+  assert [b["n"] for b in by_central["central_iou_by_mag"]] == [0, 1, 1]
+  np.testing.assert_allclose([b["central_iou"] for b in by_central["central_iou_by_mag"]], [np.nan, 0.8, 0.75])
   # Without the table the truth neighbours come from the masks: the no-pixel neighbour is unknown.
   s2 = seg.score_masks(pred, true)
   assert s2["neighbour_completeness"] == pytest.approx(1 / 2)
