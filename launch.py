@@ -1,6 +1,8 @@
-"""Entry point: `python launch.py --config=configs/cvae.py --workdir=DIR [--config.key=value ...]`.
+"""Entry point: `python launch.py --config=configs/cvae.py --workdir=DIR [--config.key=value ...] [--multihost]`.
 
-The only module that reads flags. Everything else takes the resolved `config`.
+The only module that reads flags. Everything else takes the resolved `config`. `--multihost` runs one process per
+host (TPU pod, GPU cluster, or several local CPU processes) as one JAX program: start the same command in every
+process (see `stargal_jax.distributed.initialize`).
 """
 
 import os
@@ -17,6 +19,9 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cvae.py[:smoke].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, plots, report).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Several processes as one program: jax.distributed.initialize() "
+                                "(TPU pods, SLURM, Open MPI detected; else JAX_COORDINATOR_ADDRESS, "
+                                "JAX_NUM_PROCESSES, JAX_PROCESS_ID). Outputs are written by process 0.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -24,7 +29,9 @@ def main(argv):
   del argv
   if logging.get_verbosity() == logging.INFO and "--verbosity" not in " ".join(os.sys.argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO; progress is printed.
-  from stargal_jax import experiment  # Imported after flags are parsed so `--help` stays fast.
+  from stargal_jax import distributed  # Imported after flags are parsed so `--help` stays fast.
+  distributed.initialize(_MULTIHOST.value)  # Before anything else uses jax.
+  from stargal_jax import experiment
   experiment.run(_CONFIG.value, _WORKDIR.value)
 
 

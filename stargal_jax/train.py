@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from stargal_jax import losses, models
+from stargal_jax import distributed, losses, models
 
 Batch = Mapping[str, np.ndarray]
 
@@ -42,19 +42,19 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
 
 
 def data_mesh(batch_size: int) -> Mesh:
-  """Local devices on one 'data' axis (as many as divide the batch): batches are split, parameters replicated."""
-  devices = jax.devices()
-  count = max(k for k in range(1, len(devices) + 1) if batch_size % k == 0)
-  return Mesh(np.asarray(devices[:count]), ("data",))
+  """Devices of every process on one 'data' axis (as many as divide the batch, the same number from each
+  process): batches are split, parameters replicated."""
+  return Mesh(distributed.mesh_devices(batch_size), ("data",))
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
+  """The global batch (the same on every process) split over the 'data' axis."""
   sharding = NamedSharding(mesh, PartitionSpec("data"))
-  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+  return {k: distributed.put(v, sharding) for k, v in batch.items()}
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  return distributed.put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def _finite_tree(tree) -> jax.Array:
@@ -125,7 +125,7 @@ def _checkpoint_manager(ckpt_dir: Path, keep: int = 2) -> ocp.CheckpointManager:
 
 
 def _to_host_tree(train_state):
-  return jax.tree.map(np.asarray, jax.device_get(train_state))
+  return distributed.to_host(train_state)
 
 
 def _initial_state(model, train_config, loss_weights, loss_options, transform_outputs, key):
@@ -151,7 +151,8 @@ def train(model, train_config, loss_weights: Mapping[str, float], loss_options: 
           transform_outputs: Callable | None = None, mesh: Mesh | None = None) -> TrainResult:
   """Trains `model` for `train_config.steps` steps, resuming from `ckpt_dir` when it holds a checkpoint.
 
-  The batch is split over the devices of `mesh` (data parallel); parameters are replicated. Raises
+  The batch is split over the devices of `mesh` (data parallel, over every process's devices by default);
+  parameters are replicated. With several processes, each calls this with the same arguments. Raises
   TrainingDiverged (naming the step and the loss terms) on a non-finite loss or gradient; the checkpoints
   written before that step are kept.
   """
@@ -160,16 +161,22 @@ def train(model, train_config, loss_weights: Mapping[str, float], loss_options: 
                                                   transform_outputs, key)
   train_state, history = _fit(
       jax.jit(step_fn, donate_argnums=(0,)), train_state, lambda t: replicate(t, mesh),
-      lambda step: shard_batch(batch_for_step(step), mesh), lambda step: jax.random.fold_in(key, step),
+      lambda step: shard_batch(batch_for_step(step), mesh), _key_for_step(key, lambda k: replicate(k, mesh)),
       train_config, ckpt_dir, name)
   return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
 
 
+def _key_for_step(key, place):
+  """Step keys `fold_in(key, step)`; with several processes placed as global arrays like the state (`place`)."""
+  if distributed.is_multiprocess():
+    return lambda step: place(jax.random.fold_in(key, step))
+  return lambda step: jax.random.fold_in(key, step)
+
+
 def seed_mesh(num_seeds: int) -> Mesh:
-  """Local devices on one 'seed' axis (as many as divide the number of seeds): one group of seeds each."""
-  devices = jax.devices()
-  count = max(k for k in range(1, len(devices) + 1) if num_seeds % k == 0)
-  return Mesh(np.asarray(devices[:count]), ("seed",))
+  """Devices of every process on one 'seed' axis (as many as divide the number of seeds, the same number from
+  each process): one group of seeds each."""
+  return Mesh(distributed.mesh_devices(num_seeds), ("seed",))
 
 
 def train_seeds(build: Callable[[jax.Array], Any], keys: jax.Array, train_config, loss_weights, loss_options,
@@ -189,7 +196,7 @@ def train_seeds(build: Callable[[jax.Array], Any], keys: jax.Array, train_config
   stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
   mesh = seed_mesh(num_seeds)
   by_seed = NamedSharding(mesh, PartitionSpec("seed"))
-  place = lambda tree: jax.device_put(tree, by_seed)
+  place = lambda tree: distributed.put(tree, by_seed)
   step_keys = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
   train_state, history = _fit(
       jax.jit(jax.vmap(step_fn), donate_argnums=(0,)), stacked, place,
@@ -220,7 +227,7 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
   steady_since = None  # (time, step) after the first step, whose time is mostly compilation
   for step in range(start, steps):
     train_state, metrics = step_fn(train_state, batch_for_step(step), key_for_step(step))
-    host = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    host = distributed.to_host(dict(metrics))
     finite = host.pop("finite")
     if not np.all(finite):
       manager.wait_until_finished()
@@ -266,11 +273,11 @@ def make_predict_fn(graphdef):
   return predict
 
 
-def _predict_chunks(predict, result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int,
-                    batch_size: int, keys: tuple[str, ...], axis: int) -> dict[str, np.ndarray]:
-  """Runs `predict(params, model_state, x)` over `n` objects in chunks; the object axis of the outputs is `axis`.
-
-  The last chunk is padded to the batch size so the program compiles once.
+def _predict_chunks(predict, params, model_state, inputs: Callable[[np.ndarray], np.ndarray], n: int,
+                    batch_size: int, keys: tuple[str, ...], axis: int,
+                    place_x: Callable = lambda x: x) -> dict[str, np.ndarray]:
+  """Runs `predict(params, model_state, place_x(x))` over `n` objects in chunks; the object axis of the outputs
+  is `axis`. The last chunk is padded to the batch size so the program compiles once.
   """
   chunks: dict[str, list[np.ndarray]] = {}
   for start in range(0, n, batch_size):
@@ -279,7 +286,7 @@ def _predict_chunks(predict, result: TrainResult, inputs: Callable[[np.ndarray],
     pad = batch_size - len(idx)
     if pad:
       x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-    out = jax.device_get(predict(result.params, result.model_state, x))
+    out = distributed.to_host(predict(params, model_state, place_x(x)))
     for k in keys:
       if k in out:
         chunks.setdefault(k, []).append(np.take(np.asarray(out[k]), np.arange(len(idx)), axis=axis))
@@ -288,14 +295,31 @@ def _predict_chunks(predict, result: TrainResult, inputs: Callable[[np.ndarray],
 
 def predict_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int, batch_size: int,
                        keys: tuple[str, ...] = ("mu", "z")) -> dict[str, np.ndarray]:
-  """Runs the trained model over `n` objects; `inputs(indices)` returns the model inputs for those indices."""
-  return _predict_chunks(make_predict_fn(result.graphdef), result, inputs, n, batch_size, keys, axis=0)
+  """Runs the trained model over `n` objects; `inputs(indices)` returns the model inputs for those indices.
+
+  With several processes each chunk is split over every process's devices (`data_mesh(batch_size)`); every
+  process gets all the outputs.
+  """
+  params, model_state, place_x = result.params, result.model_state, lambda x: x
+  if distributed.is_multiprocess():
+    mesh = data_mesh(batch_size)
+    params, model_state = replicate(distributed.to_host((params, model_state)), mesh)
+    place_x = lambda x: shard_batch({"x": x}, mesh)["x"]
+  return _predict_chunks(make_predict_fn(result.graphdef), params, model_state, inputs, n, batch_size, keys,
+                         axis=0, place_x=place_x)
 
 
 def predict_seeds_in_batches(result: TrainResult, inputs: Callable[[np.ndarray], np.ndarray], n: int,
                              batch_size: int, keys: tuple[str, ...] = ("mu", "z")) -> dict[str, np.ndarray]:
-  """Like predict_in_batches for a seed study: outputs carry a leading seed axis (S, n, ...)."""
+  """Like predict_in_batches for a seed study: outputs carry a leading seed axis (S, n, ...). With several
+  processes the seeds are split over every process's devices (`seed_mesh`) and each chunk is replicated."""
   predict = jax.jit(jax.vmap(
       lambda p, s, x: models.apply_model(result.graphdef, p, s, x, key=None, train=False)[0],
       in_axes=(0, 0, None)))
-  return _predict_chunks(predict, result, inputs, n, batch_size, keys, axis=1)
+  params, model_state, place_x = result.params, result.model_state, lambda x: x
+  if distributed.is_multiprocess():
+    mesh = seed_mesh(len(jax.tree.leaves(params)[0]))
+    params, model_state = distributed.put(distributed.to_host((params, model_state)),
+                                          NamedSharding(mesh, PartitionSpec("seed")))
+    place_x = lambda x: replicate(x, mesh)
+  return _predict_chunks(predict, params, model_state, inputs, n, batch_size, keys, axis=1, place_x=place_x)
