@@ -198,10 +198,11 @@ def train_seeds(build: Callable[[jax.Array], Any], keys: jax.Array, train_config
   by_seed = NamedSharding(mesh, PartitionSpec("seed"))
   place = lambda tree: distributed.put(tree, by_seed)
   step_keys = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
+  fold_in_each = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))  # built once: 0.17 vs 0.92 ms eager
   train_state, history = _fit(
       jax.jit(jax.vmap(step_fn), donate_argnums=(0,)), stacked, place,
       lambda step: place(dict(batch_for_step(step))),
-      lambda step: place(jax.vmap(lambda k: jax.random.fold_in(k, step))(step_keys)),
+      lambda step: place(fold_in_each(step_keys, step)),
       train_config, ckpt_dir, name, images_per_step=num_seeds * int(train_config.batch_size))
   return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
 
