@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 from scipy.sparse import SparseEfficiencyWarning
+from scipy.sparse.linalg import ArpackError
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -64,13 +65,23 @@ def _knn_extension(fit_points, fit_values, query_points, n_neighbors: int) -> np
 
 def _isomap(fit_points, query_points, n_neighbors: int, seed: int):
   del seed  # Isomap has no randomness beyond ARPACK's start vector (signs are fixed by sklearn)
-  model = Isomap(n_neighbors=n_neighbors, n_components=1)
-  with warnings.catch_warnings():
-    # Two well-separated clusters leave the kNN graph disconnected; sklearn then joins the
-    # components by their closest pair of points, which is what we want here.
-    warnings.filterwarnings("ignore", message="The number of connected components")
-    warnings.filterwarnings("ignore", category=SparseEfficiencyWarning)
-    model.fit(fit_points)
+
+  def fit(eigen_solver: str) -> Isomap:
+    model = Isomap(n_neighbors=n_neighbors, n_components=1, eigen_solver=eigen_solver)
+    with warnings.catch_warnings():
+      # Two well-separated clusters leave the kNN graph disconnected; sklearn then joins the
+      # components by their closest pair of points, which is what we want here.
+      warnings.filterwarnings("ignore", message="The number of connected components")
+      warnings.filterwarnings("ignore", category=SparseEfficiencyWarning)
+      return model.fit(fit_points)
+
+  try:
+    model = fit("auto")
+  except ArpackError as e:
+    # Latents collapsed onto a few points (AW's tanh-saturated means did, at full size) can leave ARPACK with a
+    # zero start vector; the dense eigensolver gives the same embedding without iterating.
+    warnings.warn(f"Isomap: ARPACK failed ({e}); using the dense eigensolver", stacklevel=2)
+    model = fit("dense")
   fitted = model.embedding_[:, 0]
   if len(query_points) == 0:
     return fitted, np.zeros(0)

@@ -172,3 +172,24 @@ def test_uncorrelated_with_rejects_what_it_cannot_use():
     manifold.uncorrelated_with(latents, magnitude[:99])
   with pytest.raises(ValueError, match="finite nuisance"):
     manifold.uncorrelated_with(latents, np.full(100, np.nan))
+
+
+def test_isomap_falls_back_to_the_dense_eigensolver_when_arpack_fails(monkeypatch):
+  from scipy.sparse.linalg import ArpackError
+  from sklearn.manifold import Isomap
+  points, group, _ = arc_with_two_segments()
+  expected = manifold.embed_1d(points, "isomap")
+  real_fit = Isomap.fit
+  solvers = []
+
+  def fit_failing_with_arpack(self, X, y=None):
+    solvers.append(self.eigen_solver)
+    if self.eigen_solver != "dense":
+      raise ArpackError(-9)
+    return real_fit(self, X, y)
+
+  monkeypatch.setattr(Isomap, "fit", fit_failing_with_arpack)
+  with pytest.warns(UserWarning, match="ARPACK failed"):
+    score = manifold.embed_1d(points, "isomap")
+  assert solvers == ["auto", "dense"]
+  assert abs(spearmanr(score, expected).statistic) > 0.999 and best_sign_auc(group, score) > 0.95
