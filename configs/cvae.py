@@ -8,7 +8,7 @@ embedded data the two units mix morphology and brightness in proportions that ch
 KL unit alone gives best-sign AUC from 0.53 to 0.99 over 100 seeds). The default score therefore removes
 brightness, the one nuisance measured on the images without labels: the projection of the whitened latent means
 onto the direction uncorrelated with the r magnitude (`manifold.uncorrelated_with`); its sign comes from image
-extendedness and its threshold from the prior star fraction. Over 100 stage-2 seeds it gave AUC 0.983 +- 0.006
+extendedness and its threshold from the prior star fraction. Over 100 stage-2 seeds it gave AUC 0.982 +- 0.006
 where a 2-component GMM on both units gave 0.858 +- 0.135 (README). `:gmm` selects that GMM; `:unit0` restores
 the study's exact rule.
 """
