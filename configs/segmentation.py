@@ -24,6 +24,10 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
   del seg.ae["model"]
   seg.holdout_images = 500  # Unlabelled images held back from training, for the reconstruction MSE.
   seg.hypercolumn_layers = (0, 6, 7)
+  # A matched-filtered detection S/N channel appended to the hypercolumns with this share of the k-means feature
+  # variance (0 = the study's pure AE hypercolumns); its Gaussian filter width in pixels (SDSS PSF sigma ~1.5).
+  seg.detection_share = 0.5
+  seg.detection_sigma_px = 1.2
   seg.k = 4
   seg.ks = (2, 3, 4, 5, 6, 8)  # The k sweep (k itself is always included).
   seg.sample_pixels = 50_000  # k-means sample (pixels) ...

@@ -150,6 +150,20 @@ def snr_image(images: np.ndarray, bands: str = "gri", level: np.ndarray | None =
   return (snr.sum(axis=1) / np.sqrt(n_usable)[:, None, None]).astype(np.float32)
 
 
+def detection_image(images: np.ndarray, bands: str = "gri", sigma_px: float = 1.2,
+                    clip: tuple[float, float] = (-5.0, 50.0)) -> np.ndarray:
+  """(N, H, W) float32: the detection S/N (`snr_image`) filtered with a Gaussian of `sigma_px` (matched to a
+  point source, as SExtractor's detection filter) and rescaled to unit noise again, then clipped.
+
+  White noise of unit variance filtered by a unit-sum Gaussian of width s keeps a variance of 1 / (4 pi s^2),
+  hence the factor 2 sqrt(pi) s. The clip keeps bright cores from setting the feature's scale. Works on any
+  units (a robust background level and sigma are measured per image and band), e.g. normalised model inputs.
+  """
+  snr = snr_image(images, bands)
+  filtered = ndimage.gaussian_filter(snr, (0.0, sigma_px, sigma_px), mode="nearest")
+  return np.clip(filtered * (2.0 * np.sqrt(np.pi) * sigma_px), *clip).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- k-means on pixels
 
 @dataclass(frozen=True)
@@ -180,10 +194,11 @@ def _standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarr
 
 
 def fit_pixel_kmeans(hypercolumns: np.ndarray, k: int, sample_pixels: int = 200_000, seed: int = 0,
-                     algorithm: str = "kmeans") -> PixelKMeans:
+                     algorithm: str = "kmeans", weights: np.ndarray | None = None) -> PixelKMeans:
   """Fits k-means on a random sample of pixels' feature vectors, standardised per feature.
 
-  hypercolumns (N, H, W, C) (a memmap is fine: only the sampled rows are read).
+  hypercolumns (N, H, W, C) (a memmap is fine: only the sampled rows are read). `weights` (C,) multiply the
+  standardised features (folded into `scale`, so assignment needs nothing else).
   """
   make = _lookup(KMEANS_ALGORITHMS, algorithm, "k-means algorithm")
   flat = hypercolumns.reshape(-1, hypercolumns.shape[-1])
@@ -195,6 +210,8 @@ def fit_pixel_kmeans(hypercolumns: np.ndarray, k: int, sample_pixels: int = 200_
     mean = np.nan_to_num(np.nanmean(sample, axis=0))
     scale = np.nanstd(sample, axis=0)
   scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)  # constant feature: leave unscaled
+  if weights is not None:
+    scale = scale / np.asarray(weights, dtype=np.float64)
   z = _standardise(sample, mean, scale)
   estimator = make(k, seed).fit(z)
   return PixelKMeans(mean=mean, scale=scale, centres=np.asarray(estimator.cluster_centers_),

@@ -93,9 +93,36 @@ def reconstruction_error(result: train.TrainResult, fetch: Fetch, rows: np.ndarr
 
 # --------------------------------------------------------------------------- hypercolumns, chunked
 
-def make_hypercolumn_fn(result: train.TrainResult, layers: Sequence[int], size: int = 64) -> HypercolumnFn:
+@dataclasses.dataclass(frozen=True)
+class DetectionChannel:
+  """A matched-filtered detection S/N channel (`segmentation.detection_image` of the model inputs) appended to
+  the hypercolumns, holding `share` of the k-means feature variance. Why: per-pixel AE features alone miss
+  faint objects (central object found in 41% of cutouts at r >= 22 against 94% for SEP, whose detection is
+  matched-filtered); the filtered S/N adds that sensitivity while the AE features keep shaping the clusters."""
+  share: float  # in (0, 1): the detection channel's weight^2 / (weight^2 + number of hypercolumn channels)
+  sigma_px: float = 1.2
+  bands: str = "gri"
+
+  @classmethod
+  def from_config(cls, seg_config) -> "DetectionChannel | None":
+    share = float(seg_config.get("detection_share", 0.0))
+    if not 0.0 <= share < 1.0:
+      raise ValueError(f"seg.detection_share must be in [0, 1), got {share}")
+    return cls(share, float(seg_config.detection_sigma_px), seg_config.snr_bands) if share > 0 else None
+
+  def weights(self, n_features: int) -> np.ndarray:
+    """k-means feature weights: 1 for each hypercolumn channel, and for the last (detection) channel the
+    weight that gives it `share` of the total variance of the standardised features."""
+    weights = np.ones(n_features)
+    weights[-1] = np.sqrt(self.share / (1.0 - self.share) * (n_features - 1))
+    return weights
+
+
+def make_hypercolumn_fn(result: train.TrainResult, layers: Sequence[int], size: int = 64,
+                        detection: DetectionChannel | None = None) -> HypercolumnFn:
   """x (B, 64, 64, 5) normalised NHWC -> hypercolumns (B, size, size, C) float32 of feature maps
-  `layers` (indices into the model's `return_features` list), jitted, in eval mode."""
+  `layers` (indices into the model's `return_features` list), jitted, in eval mode; with `detection`, its
+  channel (computed from x on the host) is appended as channel C."""
   layers = tuple(int(i) for i in layers)
 
   @jax.jit
@@ -108,7 +135,12 @@ def make_hypercolumn_fn(result: train.TrainResult, layers: Sequence[int], size: 
                        f"of widths {[m.shape[-1] for m in maps]}")
     return models.hypercolumns([maps[i] for i in layers], size)
 
-  return lambda x: np.asarray(hypercolumns_of(result.params, result.model_state, x))
+  features = lambda x: np.asarray(hypercolumns_of(result.params, result.model_state, x))
+  if detection is None:
+    return features
+  return lambda x: np.concatenate(
+      [features(x), seg.detection_image(np.transpose(x, (0, 3, 1, 2)), detection.bands, detection.sigma_px)[..., None]],
+      axis=-1)
 
 
 def iter_hypercolumns(hypercolumn_fn: HypercolumnFn, fetch: Fetch, n: int,
@@ -169,14 +201,15 @@ class Segmenter:
 
 
 def fit_segmenter(sample: PixelSample, k: int, seed: int = 0, algorithm: str = "kmeans",
-                  rule: str = "snr_threshold", snr_threshold: float = 1.0) -> Segmenter:
+                  rule: str = "snr_threshold", snr_threshold: float = 1.0,
+                  weights: np.ndarray | None = None) -> Segmenter:
   """k-means on the sample; a cluster is object or background by `rule` on its sampled pixels' mean
   S/N (the sample is uniform over pixels, so this estimates the mean over all pixels)."""
   if rule not in seg.FOREGROUND_RULES:
     raise KeyError(f"unknown foreground rule {rule!r}; valid: {sorted(seg.FOREGROUND_RULES)}")
   as_image = sample.features[None, None]  # (1, 1, S, C): every row used, in order
   kmeans = seg.fit_pixel_kmeans(as_image, k, sample_pixels=len(sample.features), seed=seed,
-                                algorithm=algorithm)
+                                algorithm=algorithm, weights=weights)
   ids = seg.assign_pixels(kmeans, as_image).ravel()
   cluster_snr = seg.cluster_mean_snr(ids, sample.snr, k)
   is_object = seg.FOREGROUND_RULES[rule](cluster_snr, snr_threshold)
@@ -239,12 +272,14 @@ def fit_segmentation(result: train.TrainResult, seg_config, normalizer: dict, un
   rows = np.sort(np.random.default_rng([seed, 2]).permutation(len(unlabelled))[:n_fit])
   fit_store = unlabelled.subset(rows)
   fetch = inputs_lib.model_images(fit_store, normalizer)
-  hypercolumn_fn = make_hypercolumn_fn(result, seg_config.hypercolumn_layers)
+  detection = DetectionChannel.from_config(seg_config)
+  hypercolumn_fn = make_hypercolumn_fn(result, seg_config.hypercolumn_layers, detection=detection)
   chunks = iter_hypercolumns(hypercolumn_fn, fetch, n_fit, int(seg_config.chunk))
   sample = gather_pixel_sample(chunks, fit_store.read, n_fit, int(seg_config.sample_pixels), seed,
                                seg_config.snr_bands)
+  weights = detection.weights(sample.features.shape[1]) if detection else None
   segmenters = {int(k): fit_segmenter(sample, int(k), seed, seg_config.kmeans_algorithm, seg_config.rule,
-                                      float(seg_config.snr_threshold))
+                                      float(seg_config.snr_threshold), weights)
                 for k in sorted(set(int(k) for k in ks))}
   return FittedSegmentation(result, tuple(int(i) for i in seg_config.hypercolumn_layers), normalizer,
                             segmenters, hypercolumn_fn)
@@ -460,6 +495,12 @@ def _by_mag_rows(scores: Mapping[str, Mapping], key: str, rate: str) -> list[dic
   return rows
 
 
+def _detection_note(s: Mapping) -> str:
+  share = s.get("detection_share") or 0.0
+  return (f", the last a matched-filtered detection S/N (Gaussian sigma {s['detection_sigma_px']:g} px) holding "
+          f"{share:g} of the feature variance" if share > 0 else "")
+
+
 def segmentation_report_lines(out: Mapping) -> list[str]:
   lines = ["# stargal_jax: pixel-wise segmentation", ""]
   rec = out["reconstruction"]
@@ -475,7 +516,7 @@ def segmentation_report_lines(out: Mapping) -> list[str]:
   s = out["segmentation"]
   lines += ["## Segmentation", "",
             f"Model `{s['model']}`, hypercolumn layers {s['hypercolumn_layers']} ({s['hypercolumn_channels']} "
-            f"channels), k = {s['k']}, k-means on {s['sample_pixels']} pixels of {s['fit_images']} unlabelled "
+            f"channels{_detection_note(s)}), k = {s['k']}, k-means on {s['sample_pixels']} pixels of {s['fit_images']} unlabelled "
             f"images; clusters with mean {s['snr_bands']} S/N > {s['snr_threshold']} are objects "
             f"(rule `{s['rule']}`). {s['n_objects']} labelled cutouts segmented.", ""]
   scores = out.get("scores") or {}
@@ -552,6 +593,7 @@ def run_segmentation(config, workdir: str | Path) -> dict:
                           "hypercolumn_channels": channels, "k": int(sc.k), "sample_pixels": int(sc.sample_pixels),
                           "fit_images": int(min(sc.fit_images or len(inputs.unlabelled), len(inputs.unlabelled))),
                           "rule": sc.rule, "snr_threshold": float(sc.snr_threshold), "snr_bands": sc.snr_bands,
+                          "detection_share": float(sc.detection_share), "detection_sigma_px": float(sc.detection_sigma_px),
                           "n_objects": int(len(masks)), "central_found_fraction": central_found_fraction(masks),
                           "cluster_snr": fitted.segmenters[int(sc.k)].cluster_snr.tolist(),
                           "cluster_is_object": fitted.segmenters[int(sc.k)].is_object.tolist()}}
@@ -650,7 +692,8 @@ def load_fitted_segmentation(workdir: str | Path) -> tuple[FittedSegmentation, m
   batch = int(stage.train.batch_size)
   dummy = lambda idx: np.zeros((len(idx), 64, 64, 5), np.float32)
   result = pipelines.train_stage(stage, dummy, batch, jax.random.key(0), workdir, sc.model)
-  return FittedSegmentation(result, layers, normalizer, segmenters, make_hypercolumn_fn(result, layers)), config
+  hypercolumn_fn = make_hypercolumn_fn(result, layers, detection=DetectionChannel.from_config(sc))
+  return FittedSegmentation(result, layers, normalizer, segmenters, hypercolumn_fn), config
 
 
 # --------------------------------------------------------------------------- seg_cvae

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from stargal_jax import segmentation as seg
@@ -110,6 +111,34 @@ def test_kmeans_assignment_is_nearest_standardised_centre():
   # A NaN feature sits at the feature mean instead of breaking the fit or the assignment.
   feats[0, 0, 0, 2] = np.nan
   assert seg.assign_pixels(seg.fit_pixel_kmeans(feats, 3, seed=0), feats).min() >= 0
+
+
+def test_feature_weights_scale_the_standardised_features():
+  rng = np.random.default_rng(3)
+  feats = rng.normal(size=(2, 8, 8, 3)) * [1.0, 5.0, 0.2]
+  weights = np.array([1.0, 1.0, 4.0])
+  weighted = seg.fit_pixel_kmeans(feats, 3, sample_pixels=10_000, seed=0, weights=weights)
+  plain = seg.fit_pixel_kmeans(feats, 3, sample_pixels=10_000, seed=0)
+  np.testing.assert_allclose(weighted.scale, plain.scale / weights)
+  # Same as k-means on the standardised features with the last one multiplied by 4, done by hand.
+  flat = feats.reshape(-1, 3)
+  by_hand = KMeans(3, n_init=4, random_state=0).fit((flat - flat.mean(0)) / flat.std(0) * weights)
+  assert adjusted_rand_score(by_hand.labels_, seg.assign_pixels(weighted, feats).ravel()) == 1.0
+
+
+def test_detection_image_has_unit_noise_and_peaks_on_a_faint_point_source():
+  rng = np.random.default_rng(4)
+  images = rng.normal(0.0, 1.0, size=(20, 5, 64, 64))
+  noise_only = seg.detection_image(images, "gri", sigma_px=1.5, clip=(-50, 50))
+  assert abs(noise_only[:, 16:48, 16:48].std() - 1.0) < 0.05  # filtered, rescaled: unit noise again
+  yy, xx = np.mgrid[:64, :64]
+  psf = np.exp(-((yy - 40) ** 2 + (xx - 20) ** 2) / (2 * 1.5**2))
+  faint = images[:1] + 1.0 * psf  # peak S/N 1 per pixel per band: invisible pixel by pixel
+  det = seg.detection_image(faint, "gri", sigma_px=1.5)
+  peak = np.unravel_index(np.argmax(det[0]), (64, 64))
+  assert np.hypot(peak[0] - 40, peak[1] - 20) <= 1.5  # noise moves the filtered peak by about a pixel
+  # Expected there: 1.73 per-pixel S/N x sqrt(4 pi) 1.5 / 2 matched-filter gain = 4.6, less noise.
+  assert det[0, 40, 20] > 3 and det.max() <= 50 and det.min() >= -5
 
 
 def test_clusters_to_foreground_rules_by_hand():

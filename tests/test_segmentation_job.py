@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -125,6 +126,22 @@ def test_hypercolumn_fn_matches_eager_features(tiny_model):
   np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="out of range"):
     job.make_hypercolumn_fn(tiny_model, (8,))(x)
+
+
+def test_detection_channel_is_appended_with_its_share_of_the_variance(tiny_model):
+  x = np.random.default_rng(1).normal(size=(2, 64, 64, 5)).astype(np.float32)
+  detection = job.DetectionChannel(share=0.5, sigma_px=1.2)
+  got = job.make_hypercolumn_fn(tiny_model, (0, 6, 7), detection=detection)(x)
+  np.testing.assert_allclose(got[..., :12], job.make_hypercolumn_fn(tiny_model, (0, 6, 7))(x))
+  np.testing.assert_allclose(got[..., 12], seg.detection_image(np.transpose(x, (0, 3, 1, 2)), "gri", 1.2))
+  for share in (0.25, 0.5, 0.75):
+    w = job.DetectionChannel(share=share).weights(13)
+    assert np.all(w[:12] == 1.0) and w[12] ** 2 / (w[12] ** 2 + 12) == pytest.approx(share)
+  config = ml_collections.ConfigDict(dict(detection_share=0.0, detection_sigma_px=1.2, snr_bands="gri"))
+  assert job.DetectionChannel.from_config(config) is None
+  config.detection_share = 1.0
+  with pytest.raises(ValueError, match="detection_share"):
+    job.DetectionChannel.from_config(config)
 
 
 def test_chunked_segmentation_equals_unchunked(tiny_model):
