@@ -1,10 +1,27 @@
 """Shared fixtures: one generated smoke data set per test session; real data skip helpers."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from stargal_jax import paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_config(name, arg="smoke"):
+  """configs/<name>.py's get_config(arg), loaded by path (the tests import it from here)."""
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(REPO))
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(REPO))
+  return module.get_config(arg)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """End to end: every config runs in its smoke setting; a killed run resumes to the same metrics."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,21 +9,11 @@ import numpy as np
 import pytest
 
 from stargal_jax import experiment, inputs as inputs_lib
+from conftest import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["cvae", "vae_manifold", "ae_manifold", "vae_sc", "vae_dkl", "vae_aw", "vae_pw", "vae_wae", "ae_vae",
            "vae_aeloss"]
-
-
-def load_config(name, arg="smoke"):
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(REPO))
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(str(REPO))
-  return module.get_config(arg)
 
 
 def smoke_config(name, cache, arg="smoke"):

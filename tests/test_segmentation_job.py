@@ -1,10 +1,8 @@
 """Segmentation jobs end to end (smoke), chunked hypercolumn k-means against the unchunked computation,
 masked stores, subset AUCs, and the HSC band mapping."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import jax
@@ -17,19 +15,9 @@ from stargal_jax import experiment, inputs as inputs_lib, models, paths, train
 from stargal_jax import segmentation as seg
 from stargal_jax import segmentation_job as job
 from stargal_jax.data import store as stores
+from conftest import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_config(name, arg="smoke"):
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(REPO))
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(str(REPO))
-  return module.get_config(arg)
 
 
 def scenes(n, seed=0, size=64):
