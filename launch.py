@@ -7,11 +7,11 @@ process (see `stargal_jax.distributed.initialize`).
 
 import os
 
-# One XLA CPU device per core: the batch is split over them (measured 1.5-1.9x faster on 2 cores). Must be set
-# before jax is imported; it does not affect GPU/TPU backends.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
+from stargal_jax import host_runtime
+
+# Before jax starts: one XLA CPU device per core, XLA's own convolutions, freed memory kept for reuse (each
+# measured faster on CPU; see stargal_jax/host_runtime.py). No effect on GPU/TPU backends.
+host_runtime.configure()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

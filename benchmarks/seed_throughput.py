@@ -89,11 +89,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def configure_xla(devices: int) -> str:
-  flags = os.environ.get("XLA_FLAGS", "")
-  if devices > 1 and "xla_force_host_platform_device_count" not in flags:
-    flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-  os.environ["XLA_FLAGS"] = flags
-  return flags
+  """XLA_FLAGS and allocator as launch.py sets them (`stargal_jax.host_runtime.configure`)."""
+  from stargal_jax import host_runtime
+  return host_runtime.configure(devices)["xla_flags"]
 
 
 def model_setups():

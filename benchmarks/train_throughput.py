@@ -16,7 +16,9 @@ Python loop: a rolled lax.scan over steps is far slower on XLA:CPU. With --devic
 over them (params replicated); XLA inserts the gradient all-reduce. The compile time is reported
 separately; batches are pre-generated on device, so input loading is not part of the figure.
 cpu_seconds_per_step (this process's CPU time) is the steadier figure when other jobs share the
-cores. --peak adds the step's FLOPs from XLA's cost analysis (summed over the devices), a 4096^2
+cores. The process is set up as launch.py sets it up (`stargal_jax.host_runtime.configure`): to measure without
+its settings, pass --xla_flags='--xla_cpu_experimental_ynn_fusion_type=' (jax's YNNPACK convolutions) and/or set
+STARGAL_KEEP_MALLOC=1 (glibc's default allocator). --peak adds the step's FLOPs from XLA's cost analysis (summed over the devices), a 4096^2
 float32 matmul's FLOP/s measured right after (the machine's peak as XLA reaches it) and the fraction
 of it the training step achieves. The LAST line printed is a JSON object.
 """
@@ -63,18 +65,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def configure_xla(devices: int, extra_flags: str) -> str:
-  """Set XLA_FLAGS before jax is imported (device count is fixed at backend start-up)."""
-  flags = [os.environ.get("XLA_FLAGS", ""), extra_flags]
-  if devices > 1:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  os.environ["XLA_FLAGS"] = " ".join(f for f in flags if f).strip()
-  return os.environ["XLA_FLAGS"]
+def configure_host(devices: int, extra_flags: str) -> dict:
+  """XLA_FLAGS and allocator as launch.py sets them (`stargal_jax.host_runtime.configure`), plus `extra_flags`
+  (which win); before jax is imported, as the device count is fixed at backend start-up."""
+  from stargal_jax import host_runtime
+  if extra_flags:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra_flags}".strip()
+  return host_runtime.configure(devices)
 
 
 def main(argv: list[str]) -> dict:
   args = parse_args(argv)
-  xla_flags = configure_xla(args.devices, args.xla_flags)
+  host = configure_host(args.devices, args.xla_flags)
 
   import jax
   import jax.numpy as jnp
@@ -163,7 +165,8 @@ def main(argv: list[str]) -> dict:
     "axis_type": args.axis_type,
     "device_kind": devices[0].device_kind,
     "donate": args.donate,
-    "xla_flags": xla_flags,
+    "xla_flags": host["xla_flags"],
+    "keep_freed_memory": host["keep_freed_memory"],
     "final_loss": float(loss),
     "jax_version": jax.__version__,
     "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
