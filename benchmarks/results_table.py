@@ -1,12 +1,15 @@
 """Markdown results table from run directories: `python benchmarks/results_table.py RUN_DIR [RUN_DIR ...]`.
 
-One row per run (its `metrics.json`): label-free and best-sign AUC (mean +- std over seeds for a study),
-accuracy, per-magnitude label-free AUC, the classical baselines of the same run, and the wall time.
+One row per run (its `metrics.json`): label-free and best-sign AUC (for a seed study: mean +- std over the
+seeds, their number and range), accuracy, per-magnitude label-free AUC (a study: the mean over seeds), the
+classical baselines of the same run, and the wall time.
 """
 
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 def fmt(x, digits=3):
@@ -17,16 +20,18 @@ def row(run_dir: Path) -> str:
   m = json.loads((run_dir / "metrics.json").read_text())
   config = json.loads((run_dir / "config.json").read_text())
   if m.get("num_seeds", 1) > 1:
-    auc = f"{fmt(m['auc_mean'])} +- {fmt(m['auc_std'])} ({m['num_seeds']} seeds)"
+    auc = (f"{fmt(m['auc_mean'])} +- {fmt(m['auc_std'])} ({m['num_seeds']} seeds, "
+           f"{fmt(m['auc_min'])}-{fmt(m['auc_max'])})")
     best = f"{fmt(m['auc_best_sign_mean'])} +- {fmt(m['auc_best_sign_std'])}"
+    accuracy = f"{fmt(m['accuracy_mean'])} +- {fmt(m['accuracy_std'])}"
+    per_seed = np.array([[np.nan if b["auc"] is None else b["auc"] for b in seed] for seed in m["by_mag_per_seed"]])
+    bins = "mean: " + " / ".join(fmt(float(v)) for v in np.nanmean(per_seed, axis=0))
   else:
-    auc, best = fmt(m["auc"]), fmt(m["auc_best_sign"])
-  bins = " / ".join(fmt(b["auc"]) for b in m["by_mag"])
-  if m.get("num_seeds", 1) > 1:
-    bins = f"seed 0: {bins}"
+    auc, best, accuracy = fmt(m["auc"]), fmt(m["auc_best_sign"]), fmt(m["accuracy"])
+    bins = " / ".join(fmt(b["auc"]) for b in m["by_mag"])
   base = m["baselines"]
   base_bins = " / ".join(fmt(b["auc"]) for b in base["concentration"]["by_mag"])
-  return (f"| {run_dir.name} | {config['pipeline']} | {auc} | {best} | {fmt(m['accuracy'])} | {bins} | "
+  return (f"| {run_dir.name} | {config['pipeline']} | {auc} | {best} | {accuracy} | {bins} | "
           f"{fmt(base['concentration']['auc'])} ({base_bins}) | {fmt(base['psf_minus_extended']['auc'])} | "
           f"{fmt(m.get('supervised_ceiling', {}).get('auc'))} | {m['wall_seconds']:.0f} |")
 
