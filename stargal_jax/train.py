@@ -7,10 +7,11 @@ part-way and restarted from its checkpoint follows exactly the same trajectory a
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -207,6 +208,19 @@ def train_seeds(build: Callable[[jax.Array], Any], keys: jax.Array, train_config
   return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
 
 
+def batches_ahead(batch_for_step: Callable[[int], Any], start: int, stop: int) -> Iterator:
+  """`batch_for_step(step)` for step in [start, stop), each one prepared in a background thread while the step
+  before it runs (reading, normalising and placing a batch of 128 cutouts takes ~10-15 ms of host time against
+  a ~130 ms conv step). Batches are a pure function of the step: the values and their order do not change."""
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") as loader:
+    upcoming = loader.submit(batch_for_step, start) if start < stop else None
+    for step in range(start, stop):
+      batch = upcoming.result()
+      if step + 1 < stop:
+        upcoming = loader.submit(batch_for_step, step + 1)
+      yield batch
+
+
 def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_config, ckpt_dir: Path, name: str,
          images_per_step: int | None = None):
   """The loop shared by single runs and seed studies: resume, step, NaN stop, progress, checkpoints."""
@@ -226,8 +240,8 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
   images_per_step = images_per_step or int(train_config.batch_size)
   t0 = time.perf_counter()
   steady_since = None  # (time, step) after the first step, whose time is mostly compilation
-  for step in range(start, steps):
-    train_state, metrics = step_fn(train_state, batch_for_step(step), key_for_step(step))
+  for step, batch in zip(range(start, steps), batches_ahead(batch_for_step, start, steps)):
+    train_state, metrics = step_fn(train_state, batch, key_for_step(step))
     host = distributed.to_host(dict(metrics))
     finite = host.pop("finite")
     if not np.all(finite):

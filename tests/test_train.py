@@ -1,5 +1,7 @@
 """The trainer: resume equals an uninterrupted run, NaN stops with the last good checkpoint, one compilation."""
 
+import time
+
 import jax
 import ml_collections
 import numpy as np
@@ -107,3 +109,33 @@ def test_seed_study_equals_separately_trained_seeds(tmp_path):
                                rtol=2e-5, atol=2e-6)
   out = train.predict_seeds_in_batches(study, lambda idx: codes[idx], 40, batch_size=16)
   assert out["mu"].shape == (3, 40, 2)
+
+
+def test_batches_ahead_yields_every_batch_in_order_and_prepares_the_next():
+  calls = []
+
+  def batch_for_step(step):
+    calls.append(step)
+    return {"x": np.full(3, step)}
+
+  ahead = train.batches_ahead(batch_for_step, 5, 9)
+  first = next(ahead)
+  assert first["x"].tolist() == [5, 5, 5]
+  for _ in range(200):  # the loader thread asks for step 6 while step 5 is being used
+    if 6 in calls:
+      break
+    time.sleep(0.005)
+  assert calls[:2] == [5, 6]
+  rest = [int(b["x"][0]) for b in ahead]
+  assert rest == [6, 7, 8] and calls == [5, 6, 7, 8]  # nothing past the end is prepared
+  assert list(train.batches_ahead(batch_for_step, 3, 3)) == []
+
+
+def test_batches_ahead_raises_the_loaders_error():
+  def batch_for_step(step):
+    if step == 2:
+      raise OSError("disk gone")
+    return {"x": np.zeros(1)}
+
+  with pytest.raises(OSError, match="disk gone"):
+    list(train.batches_ahead(batch_for_step, 0, 5))
