@@ -23,6 +23,21 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Several processes as one pro
                                 "(TPU pods, SLURM, Open MPI detected; else JAX_COORDINATOR_ADDRESS, "
                                 "JAX_NUM_PROCESSES, JAX_PROCESS_ID). Outputs are written by process 0.")
 flags.mark_flags_as_required(["config", "workdir"])
+_HELP = "Pass --helpshort or --helpfull to see help on flags."
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config's own error (e.g. an unknown `:argument`) on one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines:  # ml_collections puts the config's traceback in the message
+      lines = [lines[0].rstrip(":"), lines[-1]]
+    raise SystemExit(f"FATAL Flags parsing error: {' '.join(lines)}\n{_HELP}") from None
+  except (AttributeError, KeyError) as error:  # a --config.a.b=v override of a key the config does not have
+    raise SystemExit(f"FATAL Flags parsing error: the config has no setting {str(error).strip(chr(34))} "
+                     f"(from a --config.KEY=VALUE override)\n{_HELP}") from None
 
 
 def main(argv):
@@ -36,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

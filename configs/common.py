@@ -84,9 +84,14 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def parse_arg(arg: str | None) -> set[str]:
-  """`configs/x.py:smoke,star` -> {'smoke', 'star'}."""
-  return {a.strip() for a in (arg or "").split(",") if a.strip()}
+def parse_arg(arg: str | None, accepted: tuple[str, ...]) -> set[str]:
+  """`configs/x.py:smoke,star` -> {'smoke', 'star'}; a word the config does not accept fails, listing them
+  (a typo such as `:smok` would otherwise run the full-size job)."""
+  words = {a.strip() for a in (arg or "").split(",") if a.strip()}
+  unknown = sorted(words - set(accepted))
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {unknown}; valid: {sorted(accepted)}")
+  return words
 
 
 def conv_vae_config(steps: int, latent_dim: int = 2, mu_activation: str = "none") -> ml_collections.ConfigDict:
@@ -112,7 +117,8 @@ def dense_vae_config(steps: int, latent_dim: int = 2, eps_scale: float = 0.1) ->
   return vae
 
 
-def vae_penalty_config(arg: str | None, term: str, options: dict, mu_activation: str = "none"):
+def vae_penalty_config(arg: str | None, accepted: tuple[str, ...], term: str, options: dict,
+                       mu_activation: str = "none"):
   """Vr(X)+M: the conv VAE with a revised latent penalty in place of the KL, then manifold learning."""
   config = base_config()
   config.pipeline = "vae_manifold"
@@ -120,11 +126,13 @@ def vae_penalty_config(arg: str | None, term: str, options: dict, mu_activation:
   config.vae.loss = ml_collections.ConfigDict({"recon_mse": 1.0, term: 1.0})
   config.vae.loss_options = ml_collections.ConfigDict({term: options} if options else {})
   config.score = score_config("isomap")
-  return finish(config, arg)
+  return finish(config, arg, accepted)
 
 
-def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
+def finish(config: ml_collections.ConfigDict, arg: str | None,
+           accepted: tuple[str, ...] = ("smoke",)) -> ml_collections.ConfigDict:
+  """Checks the `:arguments` against the words this config accepts, then applies `smoke`."""
+  args = parse_arg(arg, accepted)
   if "smoke" in args:
     apply_smoke(config)
   return config

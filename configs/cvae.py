@@ -18,6 +18,9 @@ import ml_collections
 from configs import common
 
 
+ARGUMENTS = ("smoke", "unit0", "gmm")
+
+
 def get_config(arg=None):
   config = common.base_config()
   config.pipeline = "ae_vae"
@@ -26,11 +29,11 @@ def get_config(arg=None):
   config.vae = common.dense_vae_config(steps=3000, latent_dim=2, eps_scale=0.1)
   config.vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, kl=0.2))
   config.vae.loss_options = ml_collections.ConfigDict(dict(kl=dict(units=(0,))))
-  args = common.parse_arg(arg)
+  args = common.parse_arg(arg, ARGUMENTS)
   if "unit0" in args:
     config.score = common.score_config("latent_unit", unit=0)
   elif "gmm" in args:
     config.score = common.score_config("gmm")
   else:
     config.score = common.score_config("uncorrelated_with_magnitude")
-  return common.finish(config, arg)
+  return common.finish(config, arg, ARGUMENTS)

@@ -8,8 +8,8 @@ from configs import common, cvae, segmentation
 
 
 def get_config(arg=None):
-  config = cvae.get_config(arg)
-  config.seg = segmentation.seg_config(smoke="smoke" in common.parse_arg(arg))
+  config = cvae.get_config(arg)  # accepts cvae's arguments (smoke, unit0, gmm)
+  config.seg = segmentation.seg_config(smoke="smoke" in common.parse_arg(arg, cvae.ARGUMENTS))
   config.seg.classifier_pipeline = config.pipeline
   config.pipeline = "seg_cvae"
   return config

@@ -67,5 +67,5 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
 def get_config(arg=None):
   config = common.base_config()
   config.pipeline = "segmentation"
-  config.seg = seg_config(smoke="smoke" in common.parse_arg(arg))
+  config.seg = seg_config(smoke="smoke" in common.parse_arg(arg, ("smoke",)))
   return common.finish(config, arg)

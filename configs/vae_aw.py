@@ -6,7 +6,10 @@ Study: AUC 0.92 (best of unstable repeats).
 from configs import common
 
 
+ARGUMENTS = ("smoke", "star")
+
+
 def get_config(arg=None):
-  if "star" in common.parse_arg(arg):
-    return common.vae_penalty_config(arg, "aw_star", dict(m=1.0, s=0.5))
-  return common.vae_penalty_config(arg, "aw", {}, mu_activation="tanh")
+  if "star" in common.parse_arg(arg, ARGUMENTS):
+    return common.vae_penalty_config(arg, ARGUMENTS, "aw_star", dict(m=1.0, s=0.5))
+  return common.vae_penalty_config(arg, ARGUMENTS, "aw", {}, mu_activation="tanh")

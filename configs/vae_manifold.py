@@ -7,4 +7,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  return common.vae_penalty_config(arg, "kl", {})
+  return common.vae_penalty_config(arg, ("smoke",), "kl", {})

@@ -5,7 +5,10 @@ the sorted 1-D W2 between batch samples and prior samples (sliced-Wasserstein AE
 from configs import common
 
 
+ARGUMENTS = ("smoke", "star")
+
+
 def get_config(arg=None):
-  if "star" in common.parse_arg(arg):
-    return common.vae_penalty_config(arg, "pw_star", dict(prior="bimodal", m=1.0, s=0.5))
-  return common.vae_penalty_config(arg, "pw", dict(m=1.5, s=1.0))
+  if "star" in common.parse_arg(arg, ARGUMENTS):
+    return common.vae_penalty_config(arg, ARGUMENTS, "pw_star", dict(prior="bimodal", m=1.0, s=0.5))
+  return common.vae_penalty_config(arg, ARGUMENTS, "pw", dict(m=1.5, s=1.0))

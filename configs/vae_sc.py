@@ -4,4 +4,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  return common.vae_penalty_config(arg, "sc", dict(m=1.0, s=0.5))
+  return common.vae_penalty_config(arg, ("smoke",), "sc", dict(m=1.0, s=0.5))
