@@ -6,7 +6,12 @@ gradient penalty (WAE-GAN, `:adversarial`). Principled alternatives the project 
 from configs import common
 
 
+ARGUMENTS = ("smoke", "adversarial")
+
+
 def get_config(arg=None):
-  if "adversarial" in common.parse_arg(arg):
-    return common.vae_penalty_config(arg, "adversarial", dict(prior="bimodal", m=1.0, s=0.5))
-  return common.vae_penalty_config(arg, "mmd", dict(prior="bimodal", m=1.0, s=0.5))
+  if "adversarial" in common.parse_arg(arg, ARGUMENTS):
+    # gp_weight: the critic's gradient-penalty weight (Gulrajani et al. 2017's 10).
+    return common.vae_penalty_config(arg, ARGUMENTS, "adversarial",
+                                     dict(prior="bimodal", m=1.0, s=0.5, gp_weight=10.0))
+  return common.vae_penalty_config(arg, ARGUMENTS, "mmd", dict(prior="bimodal", m=1.0, s=0.5))

@@ -1,101 +1,46 @@
 """`run(config, workdir)`: the whole job behind `launch.py`, importable from notebooks and tests.
 
-With several processes (`launch.py --multihost`) every process runs the same job (the training and prediction are
-global programs; checkpoints are written through orbax, which coordinates the processes); only process 0 writes the
-outputs to `workdir`, the others write theirs to a scratch directory that is removed.
+`RUNS` is the one registry of runs: `config.pipeline` -> a `Run` whose `job(config, workdir) -> metrics` does
+everything. The classification runs are one per entry of `classify.pipelines.PIPELINES` (which says what each
+pipeline trains, encodes with and vmaps over seeds); the segmentation wing adds its two jobs.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-import time
+import dataclasses
 from pathlib import Path
+from typing import Callable
 
-import jax
-import numpy as np
+from stargal_jax import distributed, registry
+from stargal_jax.classify import job as classify_job
+from stargal_jax.classify import pipelines
+from stargal_jax.segment import jobs as segment_jobs
 
-from stargal_jax import distributed, evaluate, inputs as inputs_lib, pipelines
-from stargal_jax.data import normalize as normalization
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  job: Callable[..., dict]  # (config, workdir: Path) -> the metrics written to workdir/metrics.json
+  multiprocess: bool  # runs as one program over several processes (launch.py --multihost)
+  summary: str
+
+
+RUNS: dict[str, Run] = {
+    **{name: Run(classify_job.run, multiprocess=True, summary=f"classification: {name} ({', '.join(p.stages)})")
+       for name, p in pipelines.PIPELINES.items()},
+    "segmentation": Run(segment_jobs.run_segmentation, multiprocess=False,
+                        summary="hypercolumn k-means segmentation, scored against truth beside SEP"),
+    "seg_cvae": Run(segment_jobs.run_seg_cvae, multiprocess=False,
+                    summary="cvae classification with and without the segmentation's neighbours masked"),
+}
 
 
 def run(config, workdir: str | Path) -> dict:
-  """Loads the data named by `config.data` (embedded default data when empty) and runs `config.pipeline`."""
+  """Runs `RUNS[config.pipeline]` into `workdir` (its config saved as workdir/config.json by process 0)."""
+  entry = registry.lookup(RUNS, config.pipeline, "pipeline")  # before any work
+  if distributed.is_multiprocess() and not entry.multiprocess:
+    raise NotImplementedError(f"{config.pipeline!r} runs in one process only; drop --multihost.")
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if distributed.is_writer():
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  from stargal_jax import segmentation_job  # Segmentation jobs share this entry point.
-  if config.pipeline in segmentation_job.JOBS:
-    if distributed.is_multiprocess():
-      raise NotImplementedError(f"{config.pipeline!r} runs in one process only; drop --multihost.")
-    return segmentation_job.JOBS[config.pipeline](config, workdir)
-  pipelines.get_pipeline(config.pipeline)  # Fails before any work on an unknown name.
-  print(f"[data] devices: {jax.devices()}", flush=True)
-  return classify(config, _load_inputs(config), workdir)
-
-
-def _load_inputs(config) -> inputs_lib.Inputs:
-  """`inputs.load_inputs`; with several processes, process 0 first (it may simulate the default data and pack
-  the stores into the cache), then the others, which find the cache complete when it is shared."""
-  if distributed.is_writer():
-    inputs = inputs_lib.load_inputs(config.data, seed=config.seed)
-  distributed.barrier("stargal_jax.load_inputs")
-  if not distributed.is_writer():
-    inputs = inputs_lib.load_inputs(config.data, seed=config.seed)
-  return inputs
-
-
-def classify(config, inputs: inputs_lib.Inputs, workdir: Path) -> dict:
-  """Trains `config.pipeline` without labels, scores the labelled set, writes every output to `workdir`
-  (checkpoints from every process; the outputs from process 0 only: see the module docstring)."""
-  if not distributed.is_writer():
-    with tempfile.TemporaryDirectory() as scratch:
-      return _classify(config, inputs, workdir, Path(scratch))
-  return _classify(config, inputs, workdir, workdir)
-
-
-def _classify(config, inputs: inputs_lib.Inputs, workdir: Path, out_dir: Path) -> dict:
-  """classify, with the checkpoints under `workdir` and the outputs in `out_dir`."""
-  t0 = time.perf_counter()
-  workdir, out_dir = Path(workdir), Path(out_dir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  pipeline = pipelines.get_pipeline(config.pipeline)
-  normalization.save_normalizer(out_dir / "normalizer.json", inputs.normalizer)
-  (out_dir / "data_summary.json").write_text(json.dumps(inputs_lib.describe(inputs), indent=2, default=str))
-  print(f"[data] {inputs.source}: {len(inputs.unlabelled)} unlabelled, {len(inputs.labelled)} labelled",
-        flush=True)
-
-  key = jax.random.key(config.seed)
-  if config.num_seeds > 1:
-    latents_per_seed = np.asarray(pipelines.run_seeds(config, inputs, workdir, key), dtype=np.float64)
-  else:
-    latents_per_seed = np.asarray(pipeline(config, inputs, workdir, key)["latents"], dtype=np.float64)[None]
-  measurements = evaluate.image_measurements(inputs.labelled)
-  evaluations = []
-  for s, latents in enumerate(latents_per_seed):
-    raw_score = evaluate.score_from_latents(latents, config.score, seed=config.seed + s,
-                                           measurements=measurements)
-    evaluations.append(evaluate.evaluate(
-        latents, raw_score, inputs.labelled, measurements, config.data.star_fraction, tuple(config.data.mag_bins),
-        seed=config.seed + s, supervised_ceiling=config.eval.supervised_ceiling and s == 0))
-  extra = {"pipeline": config.pipeline, "seed": config.seed, "data_source": inputs.source,
-           "n_labelled": len(inputs.labelled), "n_unlabelled": len(inputs.unlabelled),
-           "wall_seconds": time.perf_counter() - t0, "devices": [str(d) for d in jax.devices()]}
-  config_text = config.to_json_best_effort(indent=2)
-  make_plots = config.eval.plots and distributed.is_writer()
-  out = evaluate.write_outputs(out_dir, evaluations[0], latents_per_seed[0], inputs.labelled, measurements, extra,
-                               config_text, make_plots=make_plots)
-  base = {k: round(v["auc"], 4) for k, v in out["baselines"].items()}
-  if config.num_seeds > 1:
-    out = evaluate.write_seed_study(out_dir, out, evaluations, latents_per_seed, inputs.labelled, measurements,
-                                    config.data.star_fraction, tuple(config.data.mag_bins), config_text,
-                                    make_plots=make_plots)
-    print(f"[result] {config.num_seeds} seeds: auc {out['auc_mean']:.4f} +- {out['auc_std']:.4f} "
-          f"(min {out['auc_min']:.4f}, max {out['auc_max']:.4f}), accuracy {out['accuracy_mean']:.4f}, "
-          f"seed agreement (ARI) {out['seed_agreement_ari']:.3f}, consensus auc {out['consensus']['auc']:.4f} | baselines {base} | "
-          f"{time.perf_counter() - t0:.0f}s | {workdir}", flush=True)
-    return out
-  print(f"[result] auc={out['auc']:.4f} auc_best_sign={out['auc_best_sign']:.4f} accuracy={out['accuracy']:.4f} "
-        f"| baselines {base} | {time.perf_counter() - t0:.0f}s | {workdir}", flush=True)
-  return {k: v for k, v in out.items() if k != "plots"}
+  return entry.job(config, workdir)

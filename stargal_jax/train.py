@@ -1,8 +1,10 @@
 """One trainer for every model: a jitted pure step over a dict of pytrees, orbax checkpoints, NaN stop, resume.
 
-The train state is a plain dict `{'params', 'model_state', 'opt_state'[, 'critic', 'critic_opt']}`. Batches are a
-pure function of the step (`batch_for_step(step)`), and the step's PRNG key is `fold_in(key, step)`, so a run killed
-part-way and restarted from its checkpoint follows exactly the same trajectory as an uninterrupted one.
+The train state is a plain dict `{'params', 'model_state', 'opt_state'}` plus the entries of any stateful loss
+term (`losses.StatefulTerm`, e.g. WAE-GAN's `critic`, `critic_opt`): the trainer knows no term by name. Batches are
+a pure function of the step (`batch_for_step(step)`), and the step's PRNG key is `fold_in(key, step)`, so a run
+killed part-way and restarted from its checkpoint follows exactly the same trajectory as an uninterrupted one.
+`initial_state` builds the state and step; `restore` reads a finished run's final checkpoint back.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import concurrent.futures
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,55 +65,40 @@ def _finite_tree(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(*args, **kwargs):
-  """The jitted (state-donating) `step(train_state, batch, key) -> (train_state, metrics)`; see make_step_fn."""
-  return jax.jit(make_step_fn(*args, **kwargs), donate_argnums=(0,))
-
-
 def make_step_fn(graphdef, loss_fn: Callable, optimizer: optax.GradientTransformation,
-                 transform_outputs: Callable | None = None, critic_optimizer=None,
-                 adversarial_options: Mapping | None = None, critic_gp_weight=10.0):
+                 transform_outputs: Callable | None = None,
+                 stateful_terms: Sequence[losses.StatefulTerm] = ()):
   """Returns the pure `step(train_state, batch, key) -> (train_state, metrics)` (jit it, or vmap it over seeds).
 
   `transform_outputs(outputs, batch) -> (outputs, batch)` lets a pipeline measure the reconstruction elsewhere
-  (e.g. in a frozen AE's feature space) without touching the model or the loss terms. A non-finite loss or
-  gradient leaves the state unchanged and sets `metrics['finite'] = False`, so the host can stop on the last
-  good state.
+  (e.g. in a frozen AE's feature space) without touching the model or the loss terms. Each stateful term adds
+  its context to the loss and updates its own state after the model's step. A non-finite loss or gradient
+  leaves the state unchanged and sets `metrics['finite'] = False`, so the host can stop on the last good state.
   """
+  term_outputs = tuple(dict.fromkeys(name for term in stateful_terms for name in term.outputs))
 
-  def objective(params, model_state, batch, key, critic_params):
+  def objective(params, model_state, batch, key, term_context):
     model_key, loss_key = jax.random.split(key)
     outputs, new_model_state = models.apply_model(graphdef, params, model_state, batch["x"], key=model_key,
                                                   train=True)
     if transform_outputs is not None:
       outputs, batch = transform_outputs(outputs, batch)
-    context = {"key": loss_key}
-    if critic_params is not None:
-      context["critic_params"] = critic_params
-    total, metrics = loss_fn(outputs, batch, context)
-    return total, (metrics, new_model_state, outputs.get("z"))
+    total, metrics = loss_fn(outputs, batch, {"key": loss_key, **term_context})
+    return total, (metrics, new_model_state, {name: outputs[name] for name in term_outputs})
 
   def step(train_state, batch, key):
-    critic_params = train_state.get("critic")
-    (total, (metrics, new_model_state, z)), grads = jax.value_and_grad(objective, has_aux=True)(
-        train_state["params"], train_state["model_state"], batch, key, critic_params)
+    term_context = {k: v for term in stateful_terms for k, v in term.context(train_state).items()}
+    (total, (metrics, new_model_state, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(
+        train_state["params"], train_state["model_state"], batch, key, term_context)
     updates, new_opt_state = optimizer.update(grads, train_state["opt_state"], train_state["params"])
     new_state = dict(train_state, params=optax.apply_updates(train_state["params"], updates),
                      model_state=new_model_state, opt_state=new_opt_state)
     grad_norm = optax.tree.norm(grads)
     metrics = dict(metrics, grad_norm=grad_norm)
-    if critic_params is not None:
-      # WAE-GAN: the critic learns to tell prior samples from encoded z (stop-gradient into the encoder).
-      critic_key, prior_key = jax.random.split(jax.random.fold_in(key, 1))
-      options = dict(adversarial_options or {})
-      units = options.pop("units", None)
-      z_q = jax.lax.stop_gradient(z if units is None else z[:, jnp.asarray(units)])
-      z_p = losses.sample_prior(prior_key, z_q.shape, **options).astype(z_q.dtype)
-      c_loss, c_grads = jax.value_and_grad(losses.critic_loss)(critic_params, z_q, z_p, critic_key,
-                                                                gp_weight=critic_gp_weight)
-      c_updates, new_critic_opt = critic_optimizer.update(c_grads, train_state["critic_opt"], critic_params)
-      new_state.update(critic=optax.apply_updates(critic_params, c_updates), critic_opt=new_critic_opt)
-      metrics["critic_loss"] = c_loss
+    for term in stateful_terms:
+      entries, term_metrics = term.update(train_state, outputs, key)
+      new_state.update(entries)
+      metrics.update(term_metrics)
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & _finite_tree(new_state["params"])
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, train_state)
     metrics["finite"] = finite
@@ -125,26 +112,44 @@ def _checkpoint_manager(ckpt_dir: Path, keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
 
 
-def _to_host_tree(train_state):
-  return distributed.to_host(train_state)
-
-
-def _initial_state(model, train_config, loss_weights, loss_options, transform_outputs, key):
-  """(graphdef, train_state, pure step function) for one registry model."""
+def initial_state(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
+                  key: jax.Array, transform_outputs: Callable | None = None):
+  """(graphdef, train_state, pure step function) for one registry model; `key` seeds the stateful terms' state."""
   graphdef, params, model_state = models.split_model(model)
-  loss_fn = losses.make_loss_fn(dict(loss_weights), {k: dict(v) for k, v in loss_options.items()})
+  loss_options = {k: dict(v) for k, v in loss_options.items()}
+  loss_fn = losses.make_loss_fn(dict(loss_weights), loss_options)
   optimizer = make_optimizer(train_config)
   train_state = {"params": params, "model_state": model_state, "opt_state": optimizer.init(params)}
-  critic_optimizer, adversarial_options = None, None
-  if loss_weights.get("adversarial", 0.0):
-    critic_optimizer = optax.adam(train_config.learning_rate)
-    adversarial_options = dict(loss_options.get("adversarial", {}))
-    units = adversarial_options.get("units")
-    critic_dim = len(units) if units is not None else latent_dim_of(model)
-    critic = losses.init_critic(jax.random.fold_in(key, 10**6), critic_dim)
-    train_state.update(critic=critic, critic_opt=critic_optimizer.init(critic))
-  step_fn = make_step_fn(graphdef, loss_fn, optimizer, transform_outputs, critic_optimizer, adversarial_options)
-  return graphdef, train_state, step_fn
+  stateful = losses.stateful_terms(loss_weights, loss_options, getattr(model, "latent_dim", None),
+                                   train_config.learning_rate)
+  for term in stateful:
+    train_state.update(term.init(key))
+  return graphdef, train_state, make_step_fn(graphdef, loss_fn, optimizer, transform_outputs, stateful)
+
+
+def restore(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
+            ckpt_dir: str | Path, num_seeds: int | None = None) -> TrainResult:
+  """The final checkpoint of a finished training of `model` (params and model state, e.g. batch statistics).
+
+  The abstract train state comes from `initial_state` of the same model and settings, so the tree matches
+  what `train` saved, stateful terms included; `num_seeds` adds the leading seed axis of `train_seeds`. Fails,
+  naming the directory, when the run did not reach `train_config.steps`.
+  """
+  ckpt_dir = Path(ckpt_dir).absolute()
+  steps = int(train_config.steps)
+  graphdef, state, _ = initial_state(model, train_config, loss_weights, loss_options, jax.random.key(0))
+  leading = () if num_seeds is None else (int(num_seeds),)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(leading + np.shape(x), np.asarray(x).dtype),
+                          distributed.to_host(state))
+  manager = ocp.CheckpointManager(ckpt_dir)
+  try:
+    latest = manager.latest_step()
+    if latest != steps:
+      raise FileNotFoundError(f"{ckpt_dir}: no finished stage of {steps} steps (latest checkpoint: {latest})")
+    restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+  finally:
+    manager.close()
+  return TrainResult(graphdef, restored["params"], restored["model_state"], [])
 
 
 def train(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
@@ -158,8 +163,8 @@ def train(model, train_config, loss_weights: Mapping[str, float], loss_options: 
   written before that step are kept.
   """
   mesh = mesh or data_mesh(int(train_config.batch_size))
-  graphdef, train_state, step_fn = _initial_state(model, train_config, loss_weights, loss_options,
-                                                  transform_outputs, key)
+  graphdef, train_state, step_fn = initial_state(model, train_config, loss_weights, loss_options, key,
+                                                 transform_outputs)
   train_state, history = _fit(
       jax.jit(step_fn, donate_argnums=(0,)), train_state, lambda t: replicate(t, mesh),
       lambda step: shard_batch(batch_for_step(step), mesh), _key_for_step(key, lambda k: replicate(k, mesh)),
@@ -191,8 +196,8 @@ def train_seeds(build: Callable[[jax.Array], Any], keys: jax.Array, train_config
   states = []
   for k in keys:
     init_key, _ = jax.random.split(k)
-    graphdef, state, step_fn = _initial_state(build(init_key), train_config, loss_weights, loss_options,
-                                              transform_outputs, k)
+    graphdef, state, step_fn = initial_state(build(init_key), train_config, loss_weights, loss_options, k,
+                                             transform_outputs)
     states.append(state)
   stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
   mesh = seed_mesh(num_seeds)
@@ -228,7 +233,7 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
   start = 0
   latest = manager.latest_step()
   if latest is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_host_tree(train_state))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, distributed.to_host(train_state))
     train_state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
     start = int(latest)
     logging.info("%s: resumed from checkpoint at step %d", name, start)
@@ -264,17 +269,10 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
       terms = " ".join(f"{k}={v:.4g}" for k, v in means.items())
       print(f"[{name}] step {done}/{steps} {terms} | {rate:.0f} img/s | ~{left:.0f}s left", flush=True)
     if done % train_config.checkpoint_every == 0 or done == steps:
-      manager.save(done, args=ocp.args.StandardSave(_to_host_tree(train_state)))
+      manager.save(done, args=ocp.args.StandardSave(distributed.to_host(train_state)))
   manager.wait_until_finished()
   manager.close()
   return train_state, history
-
-
-def latent_dim_of(model) -> int:
-  """Latent width of a registry model (the adversarial critic's input)."""
-  if not hasattr(model, "latent_dim"):
-    raise ValueError(f"{type(model).__name__} exposes no latent_dim; the adversarial term needs it.")
-  return int(model.latent_dim)
 
 
 def make_predict_fn(graphdef):

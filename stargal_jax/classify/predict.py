@@ -2,14 +2,14 @@
 
 `score_cutouts(workdir, images)` restores the run's trained stages from `WORKDIR/checkpoints` (orbax), normalises
 the images with `WORKDIR/normalizer.json`, encodes them to the run's latents, and scores the latents exactly as
-the run scored its labelled set (`evaluate.evaluate`, without the labels): `config.score` fitted on the new set's
-own latents (a GMM, a manifold, ...), the sign chosen by the new images' extendedness (`metrics.orient_score`),
-point-like below the `config.data.star_fraction` quantile. The score is therefore relative to the set scored:
+the run scored its labelled set (`scoring.score_latents`, the same function): `config.score` fitted on the new
+set's own latents (a GMM, a manifold, ...), the sign chosen by the new images' extendedness, point-like below the
+`config.data.star_fraction` quantile. The score is therefore relative to the set scored:
 score a whole field or sample at once, not objects one at a time.
 
-Seed studies give one latent set and one score per seed (a leading seed axis); `seed_scope='stage2'` restores the
-shared stage-1 AE and the vmapped stage-2 models (`checkpoints/vae_seeds`), `seed_scope='all'` every
-`seed_NNN/checkpoints`.
+The stages restored are the pipeline's `encoder` (`pipelines.PIPELINES`). Seed studies give one latent set and
+one score per seed (a leading seed axis); `seed_scope='stage2'` restores the shared stage-1 AE and the vmapped
+stage-2 models (`checkpoints/vae_seeds`), `seed_scope='all'` every `seed_NNN/checkpoints`.
 """
 
 from __future__ import annotations
@@ -19,18 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from stargal_jax import evaluate, metrics, models, train
+from stargal_jax import IMAGE_SHAPE, stages, train
 from stargal_jax import inputs as inputs_lib
+from stargal_jax.classify import pipelines, scoring
 from stargal_jax.data import normalize as normalization
-
-IMAGE_SHAPE = (5, 64, 64)
-# Stages that map a pipeline's inputs to its latents, in order (vae_aeloss's AE shaped the loss only).
-ENCODER_STAGES = {"vae_manifold": ("vae",), "ae_vae": ("ae", "vae"), "vae_aeloss": ("vae",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,49 +46,24 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
 
 
-def restore_stage(stage_config, ckpt_dir: str | Path, num_seeds: int | None = None) -> train.TrainResult:
-  """The final checkpoint of one trained stage as a TrainResult (params and batch statistics).
-
-  The abstract train state (params, model state, optimiser state, critic) comes from a fresh model of the
-  stage's config, so the checkpoint must come from the same config; `num_seeds` adds the seed axis of a
-  vmapped seed study. Fails, naming the directory, when the stage did not finish its configured steps.
-  """
-  ckpt_dir = Path(ckpt_dir).absolute()
-  steps = int(stage_config.train.steps)
-  manager = ocp.CheckpointManager(ckpt_dir)
-  try:
-    latest = manager.latest_step()
-    if latest != steps:
-      raise FileNotFoundError(f"{ckpt_dir}: no finished stage of {steps} steps (latest checkpoint: {latest})")
-    model = models.build_model(stage_config.model, stage_config.model_kwargs.to_dict(), 0)
-    # The trainer's own state builder: the restored tree matches what `train.train` saved, critic included.
-    graphdef, state, _ = train._initial_state(model, stage_config.train, stage_config.loss.to_dict(),
-                                              stage_config.loss_options.to_dict(), None, jax.random.key(0))
-    leading = () if num_seeds is None else (int(num_seeds),)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(leading + np.shape(x), np.asarray(x).dtype),
-                            train._to_host_tree(state))
-    restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-  finally:
-    manager.close()
-  return train.TrainResult(graphdef, restored["params"], restored["model_state"], [])
-
-
 def load_run(workdir: str | Path) -> TrainedRun:
   """Restores a finished classification run written by `experiment.run(config, workdir)`."""
   workdir = Path(workdir)
   config = load_config(workdir)
-  if config.pipeline not in ENCODER_STAGES:
+  if config.pipeline not in pipelines.PIPELINES:
     raise ValueError(f"{workdir}: pipeline {config.pipeline!r} is not a classification pipeline; "
-                     f"valid: {sorted(ENCODER_STAGES)}")
+                     f"valid: {sorted(pipelines.PIPELINES)}")
   normalizer = normalization.load_normalizer(workdir / "normalizer.json")
-  names = ENCODER_STAGES[config.pipeline]
+  names = pipelines.get_pipeline(config.pipeline).encoder
   num_seeds = int(config.num_seeds)
-  restore = lambda root, name: restore_stage(config[name], root / "checkpoints" / name)
+  restore = lambda root, name: stages.restore_stage(config[name], root / "checkpoints" / name)
   if num_seeds > 1 and config.seed_scope == "stage2":
-    seeds = [{"ae": restore(workdir, "ae"),
-              "vae": restore_stage(config.vae, workdir / "checkpoints" / "vae_seeds", num_seeds=num_seeds)}]
+    *shared, last = names
+    seeds = [{**{name: restore(workdir, name) for name in shared},
+              last: stages.restore_stage(config[last], workdir / "checkpoints" / pipelines.STAGE2_SEEDS_DIR,
+                                         num_seeds=num_seeds)}]
     return TrainedRun(workdir, config, normalizer, seeds, seed_axis=True)
-  roots = [workdir] if num_seeds == 1 else [workdir / f"seed_{s:03d}" for s in range(num_seeds)]
+  roots = [workdir] if num_seeds == 1 else [pipelines.seed_dir(workdir, s) for s in range(num_seeds)]
   seeds = [{name: restore(root, name) for name in names} for root in roots]
   return TrainedRun(workdir, config, normalizer, seeds, seed_axis=False)
 
@@ -128,30 +98,18 @@ def encode(run: TrainedRun, images, batch_size: int | None = None) -> np.ndarray
   batch_size = int(batch_size or run.config.eval.eval_batch_size)
   fetch = inputs_lib.model_images(source, run.normalizer)
   per_seed = []
-  for stages in run.seeds:
+  names = pipelines.get_pipeline(run.config.pipeline).encoder
+  for trained in run.seeds:
     inputs = fetch
-    names = ENCODER_STAGES[run.config.pipeline]
     for name in names[:-1]:  # stage 1: the AE's codes feed the last stage
-      codes = train.predict_in_batches(stages[name], inputs, n, batch_size, keys=("z",))["z"].astype(np.float32)
+      codes = pipelines.codes_in_batches(trained[name], inputs, n, batch_size)
       inputs = lambda idx, codes=codes: codes[idx]
-    last = stages[names[-1]]
+    last = trained[names[-1]]
     if run.seed_axis:
-      out = train.predict_seeds_in_batches(last, inputs, n, batch_size)
-      per_seed.extend(out["mu"] if "mu" in out else out["z"])
+      per_seed.extend(pipelines.latents_of(train.predict_seeds_in_batches(last, inputs, n, batch_size)))
     else:
-      out = train.predict_in_batches(last, inputs, n, batch_size)
-      per_seed.append(out["mu"] if "mu" in out else out["z"])
+      per_seed.append(pipelines.latents_of(train.predict_in_batches(last, inputs, n, batch_size)))
   return np.asarray(per_seed, dtype=np.float64)
-
-
-def score_latents(latents: np.ndarray, measurements: dict, config, seed: int) -> dict[str, Any]:
-  """One seed's label-free score of (N, d) latents, as `evaluate.evaluate` computes it for a run
-  (`measurements` from `evaluate.image_measurements` of the same objects)."""
-  raw = evaluate.score_from_latents(latents, config.score, seed=seed, measurements=measurements)
-  score, sign = metrics.orient_score(raw, measurements["extendedness"])
-  star_fraction = float(config.data.star_fraction)
-  return {"score": score, "pred": metrics.prior_threshold_predictions(score, star_fraction),
-          "orientation_sign": int(sign), "threshold": float(np.quantile(score, star_fraction))}
 
 
 def score_cutouts(workdir_or_run: str | Path | TrainedRun, images, batch_size: int | None = None) -> dict:
@@ -166,8 +124,8 @@ def score_cutouts(workdir_or_run: str | Path | TrainedRun, images, batch_size: i
   run = workdir_or_run if isinstance(workdir_or_run, TrainedRun) else load_run(workdir_or_run)
   source = _as_source(images)
   latents = encode(run, source, batch_size)
-  measurements = evaluate.image_measurements(source)
-  scored = [score_latents(z, measurements, run.config, seed=int(run.config.seed) + s)
+  measurements = scoring.image_measurements(source)
+  scored = [scoring.score_latents(z, measurements, run.config, seed=int(run.config.seed) + s)
             for s, z in enumerate(latents)]
   out = {k: np.asarray([s[k] for s in scored]) for k in scored[0]}
   out["latents"] = latents

@@ -32,16 +32,11 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from stargal_jax import registry
 from stargal_jax.metrics import as_galaxy_mask, roc_auc
 
 TRANSFORM_BATCH = 4096  # Isomap.transform holds a (batch, fit_size) geodesic matrix
 TSNE_EXACT_MAX_POINTS = 1000  # below this, exact t-SNE is faster than Barnes-Hut in 1-D
-
-
-def _lookup(registry: dict, name: str, what: str):
-  if name not in registry:
-    raise ValueError(f"unknown {what} {name!r}; valid names: {sorted(registry)}")
-  return registry[name]
 
 
 def _as_latents(latents) -> np.ndarray:
@@ -133,7 +128,7 @@ def embed_1d(latents, method: str = "isomap", n_neighbors: int = 10, fit_size: i
   extended to the others out of sample (see the module docstring). Deterministic given the seed.
   Latents that are already 1-D ((N,) or (N, 1)) are returned as they are (as float64).
   """
-  embed = _lookup(EMBEDDINGS, method, "embedding")
+  embed = registry.lookup(EMBEDDINGS, method, "embedding")
   points = _as_latents(latents)
   if points.shape[1] == 1:
     return points[:, 0].copy()
@@ -179,7 +174,7 @@ def cluster_2(latents, method: str = "gmm", seed: int = 0) -> tuple[np.ndarray, 
   kmeans: score = distance to centre 0 minus distance to centre 1. Component 1 is the one whose
   centre has the larger first latent coordinate (a fixed naming, not a galaxy/star decision).
   """
-  cluster = _lookup(CLUSTERERS, method, "clusterer")
+  cluster = registry.lookup(CLUSTERERS, method, "clusterer")
   labels, score = cluster(_as_latents(latents), seed)
   return labels.astype(np.int64), score.astype(np.float64)
 
