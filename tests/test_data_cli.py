@@ -5,8 +5,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from stargal_jax.data import formats
+
+
+
+pytestmark = pytest.mark.slow  # subprocesses: the full run only
 
 
 def _run(*args):

@@ -50,6 +50,7 @@ def _run(mode: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_configure_sets_devices_convolutions_and_allocator():
   plain, tuned = _run("plain"), _run("configure")

@@ -6,11 +6,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses: the full run only
+
 
 SCRIPT = r"""
 import json, sys, tempfile
 import jax, ml_collections, numpy as np
 from stargal_jax import models, train
+
 codes = np.tanh(np.random.default_rng(0).normal(size=(64, 30))).astype(np.float32)
 cfg = ml_collections.ConfigDict(dict(steps=5, batch_size=16, learning_rate=1e-2, grad_clip=10.0,
                                      checkpoint_every=100, log_every=100))

@@ -50,7 +50,8 @@ def _gloo_available() -> bool:
   return hasattr(_jax, "make_gloo_tcp_collectives")
 
 
-pytestmark = pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")
+pytestmark = [pytest.mark.slow,  # several processes: the full run only
+              pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")]
 
 
 def _free_port() -> int:

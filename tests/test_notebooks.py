@@ -71,6 +71,7 @@ def test_notebooks_are_stored_valid_and_without_outputs(name):
   assert notebook.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.slow  # runs a notebook end to end
 def test_colab_notebook_runs_a_sharded_seed_study(smoke_cache, tmp_path, monkeypatch):
   notebook, copy, _ = _execute("colab", tmp_path, smoke_cache, monkeypatch)
   workdir = copy / "runs" / "colab_cvae_4seeds_smoke"
@@ -80,6 +81,7 @@ def test_colab_notebook_runs_a_sharded_seed_study(smoke_cache, tmp_path, monkeyp
   assert all(f"\n| {s} | " in table for s in range(4)) and "mean +- std" in table and "consensus of the 4 seeds" in table
 
 
+@pytest.mark.slow  # runs a notebook end to end
 def test_sdss_walkthrough_runs_on_real_frames(sdss_frames_dir, smoke_cache, tmp_path, monkeypatch):
   notebook, copy, _ = _execute("walkthrough", tmp_path, smoke_cache, monkeypatch)
   figures = copy / "runs" / "sdss_walkthrough_smoke" / "figures"

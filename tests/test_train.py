@@ -1,10 +1,13 @@
-"""The trainer: resume equals an uninterrupted run, NaN stops with the last good checkpoint, one compilation."""
+"""The trainer: resume equals an uninterrupted run, NaN stops with the last good checkpoint, one trace per run,
+stateful loss terms carried without the trainer knowing them, restore of a finished run."""
 
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from stargal_jax import losses, models, train
@@ -63,17 +66,74 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert result.history[-1]["step"] == 8
 
 
-def test_train_step_compiles_once():
-  model = _model()
-  graphdef, params, state = models.split_model(model)
-  optimizer = train.make_optimizer(_train_config(1))
-  step = train.make_train_step(graphdef, losses.make_loss_fn(LOSS, OPTIONS), optimizer)
-  train_state = {"params": params, "model_state": state, "opt_state": optimizer.init(params)}
+def test_training_traces_its_step_once_including_after_a_resume(tmp_path, monkeypatch):
+  """train.train's own jitted step (the production path) is traced once per run, also when resuming."""
+  traces = []
+  make_loss_fn = losses.make_loss_fn
+
+  def counting_make_loss_fn(*args, **kwargs):
+    loss_fn = make_loss_fn(*args, **kwargs)
+
+    def traced(*loss_args):
+      traces.append(1)  # the Python body runs once per trace, never per compiled call
+      return loss_fn(*loss_args)
+    return traced
+
+  monkeypatch.setattr(losses, "make_loss_fn", counting_make_loss_fn)
   codes = _codes()
-  for i in range(4):
-    train_state, metrics = step(train_state, {"x": codes[:16]}, jax.random.key(i))
-  assert bool(metrics["finite"])
-  assert step._cache_size() == 1
+  train.train(_model(), _train_config(4), LOSS, OPTIONS, _batch_for_step(codes), jax.random.key(1), tmp_path, "t")
+  assert len(traces) == 1
+  train.train(_model(), _train_config(8), LOSS, OPTIONS, _batch_for_step(codes), jax.random.key(1), tmp_path, "t")
+  assert len(traces) == 2  # the resumed run: one trace for its 4 steps
+
+
+def test_stateful_term_state_is_carried_and_checkpointed_by_the_trainer(tmp_path, monkeypatch):
+  """A loss term with state the trainer has never heard of: its state lives in the train state, is updated after
+  every step from the model outputs it names, reaches the loss context, and is checkpointed."""
+
+  def z_mean_penalty(outputs, batch, context):
+    return jnp.sum((jnp.mean(outputs["z"], axis=0) - context["z_running_sum"] / 100.0) ** 2)
+
+  def build(options, latent_dim, learning_rate):
+    def update(state, outputs, key):
+      return ({"z_running_sum": state["z_running_sum"] + jnp.mean(outputs["z"], axis=0),
+               "steps_seen": state["steps_seen"] + 1}, {"steps_seen": state["steps_seen"] + 1})
+    return losses.StatefulTerm(init=lambda key: {"z_running_sum": jnp.zeros(latent_dim), "steps_seen": jnp.zeros(())},
+                               context=lambda state: {"z_running_sum": state["z_running_sum"]}, update=update,
+                               outputs=("z",))
+
+  monkeypatch.setitem(losses.LOSS_TERMS, "z_mean_penalty", z_mean_penalty)
+  monkeypatch.setitem(losses.STATEFUL_TERMS, "z_mean_penalty", build)
+  codes = _codes()
+  weights = dict(LOSS, z_mean_penalty=1.0)
+  result = train.train(_model(), _train_config(6, checkpoint_every=6), weights, OPTIONS, _batch_for_step(codes),
+                       jax.random.key(3), tmp_path / "s", "s")
+  assert [h["steps_seen"] for h in result.history] == [2.0, 4.0, 6.0]
+  manager = ocp.CheckpointManager((tmp_path / "s").absolute())
+  saved = manager.restore(6)
+  manager.close()
+  assert float(saved["steps_seen"]) == 6.0
+  # The state is the sum of the batch means of z along the trajectory: replayed here step by step from the same
+  # initial state, with z recomputed by the model itself under each step's key.
+  graphdef, state, step_fn = train.initial_state(_model(), _train_config(6), weights, OPTIONS, jax.random.key(3))
+  expected = np.zeros(2)
+  for step in range(6):
+    key = jax.random.fold_in(jax.random.key(3), step)
+    outputs, _ = models.apply_model(graphdef, state["params"], state["model_state"],
+                                    _batch_for_step(codes)(step)["x"], key=jax.random.split(key)[0], train=True)
+    expected += np.asarray(jnp.mean(outputs["z"], axis=0))
+    state, _ = step_fn(state, _batch_for_step(codes)(step), key)
+  np.testing.assert_allclose(saved["z_running_sum"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_restore_reads_the_final_checkpoint_and_refuses_an_unfinished_run(tmp_path):
+  codes = _codes()
+  result = train.train(_model(), _train_config(4), LOSS, OPTIONS, _batch_for_step(codes), jax.random.key(1),
+                       tmp_path / "r", "r")
+  restored = train.restore(_model(), _train_config(4), LOSS, OPTIONS, tmp_path / "r")
+  np.testing.assert_array_equal(_flat(restored.params), _flat(result.params))
+  with pytest.raises(FileNotFoundError, match="no finished stage of 8 steps"):
+    train.restore(_model(), _train_config(8), LOSS, OPTIONS, tmp_path / "r")
 
 
 def test_predict_in_batches_pads_and_matches_direct_call(tmp_path):

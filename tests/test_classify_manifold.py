@@ -1,11 +1,11 @@
-"""Tests for stargal_jax.manifold on synthetic curved 1-D manifolds with known groups."""
+"""Tests for stargal_jax.classify.manifold on synthetic curved 1-D manifolds with known groups."""
 
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from stargal_jax import manifold
+from stargal_jax.classify import manifold
 
 
 def arc_with_two_segments(n=240, seed=0, noise=0.05):

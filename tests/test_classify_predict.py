@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stargal_jax import experiment, predict
+from stargal_jax import experiment
+from stargal_jax.classify import predict
 from stargal_jax import inputs as inputs_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def _labelled_store(config):
   return inputs_lib.load_inputs(config.data, seed=config.seed).labelled
 
 
+@pytest.mark.slow  # trains a run end to end
 def test_restored_run_reproduces_the_runs_latents_scores_and_predictions(smoke_cache, tmp_path):
   config = smoke_config("cvae", smoke_cache)
   experiment.run(config, tmp_path)
@@ -63,6 +65,7 @@ def test_restored_run_reproduces_the_runs_latents_scores_and_predictions(smoke_c
     predict.load_run(tmp_path)
 
 
+@pytest.mark.slow  # trains a run end to end
 def test_stage2_seed_study_scores_every_seed(smoke_cache, tmp_path):
   config = smoke_config("cvae", smoke_cache)
   config.num_seeds, config.seed_scope = 2, "stage2"

@@ -1,0 +1,77 @@
+"""classify.scoring: every score method is the manifold routine it names; orientation and threshold by hand;
+the chunked image measurements equal the morphology functions on the whole set."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from stargal_jax import morphology, registry
+from stargal_jax.classify import manifold, scoring
+
+
+def _score_config(method, unit=0):
+  return ml_collections.ConfigDict(dict(method=method, unit=unit, n_neighbors=10, fit_size=150))
+
+
+def _latents(n=200, seed=0):
+  rng = np.random.default_rng(seed)
+  galaxy = rng.random(n) < 0.7
+  latents = np.c_[rng.normal(size=n) + 2.5 * galaxy, rng.normal(size=n)]
+  return latents, galaxy, {"r_mag": rng.uniform(16, 22, n), "extendedness": latents[:, 0] + 0.3 * rng.normal(size=n)}
+
+
+def test_every_score_method_is_the_routine_it_names():
+  latents, _, measurements = _latents()
+  assert set(scoring.SCORE_METHODS) == {"latent_unit", "uncorrelated_with_magnitude", *manifold.EMBEDDINGS,
+                                        *manifold.CLUSTERERS}
+  np.testing.assert_array_equal(scoring.raw_score(latents, _score_config("latent_unit", 1), 0, measurements),
+                                latents[:, 1])
+  np.testing.assert_array_equal(
+      scoring.raw_score(latents, _score_config("uncorrelated_with_magnitude"), 3, measurements),
+      manifold.uncorrelated_with(latents, measurements["r_mag"], seed=3))
+  for method in manifold.EMBEDDINGS:
+    np.testing.assert_array_equal(scoring.raw_score(latents, _score_config(method), 2, measurements),
+                                  manifold.embed_1d(latents, method, n_neighbors=10, fit_size=150, seed=2))
+  for method in manifold.CLUSTERERS:
+    np.testing.assert_array_equal(scoring.raw_score(latents, _score_config(method), 1, measurements),
+                                  manifold.cluster_2(latents, method=method, seed=1)[1])
+  with pytest.raises(registry.UnknownName, match="latent_unit"):
+    scoring.raw_score(latents, _score_config("umap"), 0, measurements)
+
+
+def test_orientation_and_prior_threshold_by_hand():
+  latents, galaxy, measurements = _latents(seed=1)
+  raw = -latents[:, 0]  # anti-aligned with the extendedness: must be flipped, without labels
+  out = scoring.orient_and_threshold(raw, measurements, star_fraction=0.3)
+  assert out["orientation_sign"] == -1
+  np.testing.assert_allclose(out["score"], latents[:, 0])
+  threshold = np.sort(latents[:, 0])[int(round(0.3 * (len(raw) - 1)))]  # numpy's linear quantile, here a node
+  assert out["threshold"] == pytest.approx(np.quantile(latents[:, 0], 0.3)) and abs(out["threshold"] - threshold) < 0.1
+  assert np.mean(out["pred"] == 0) == pytest.approx(0.3, abs=1 / len(raw))
+  np.testing.assert_array_equal(out["pred"], (out["score"] > out["threshold"]).astype(out["pred"].dtype))
+  config = ml_collections.ConfigDict(dict(score=_score_config("latent_unit", 0), data=dict(star_fraction=0.3)))
+  same = scoring.score_latents(-latents, measurements, config, seed=0)
+  np.testing.assert_array_equal(same["pred"], out["pred"])
+
+
+def test_image_measurements_chunked_equal_the_whole_set():
+  rng = np.random.default_rng(2)
+  images = rng.normal(0.0, 0.05, (20, 5, 64, 64)).astype(np.float32)
+  yy, xx = np.mgrid[:64, :64]
+  images[:, :, :, :] += (np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / (2 * rng.uniform(1, 4, 20) ** 2)[:, None, None])
+                         )[:, None].astype(np.float32)
+
+  class Source:  # the store interface: len and read(indices)
+    def __len__(self):
+      return len(images)
+
+    def read(self, idx):
+      return images[idx]
+
+  got = scoring.image_measurements(Source(), chunk=10)
+  np.testing.assert_allclose(got["r_mag"], morphology.r_magnitude(images))  # per object: chunks change nothing
+  # extendedness estimates its PSF from the images of a chunk: one chunk of the whole set here.
+  whole = scoring.image_measurements(Source(), chunk=20)
+  np.testing.assert_allclose(whole["extendedness"], morphology.extendedness(images))
+  for name, values in morphology.classical_baseline_scores(images).items():
+    np.testing.assert_allclose(whole[f"baseline_{name}"], values)
