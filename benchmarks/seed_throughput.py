@@ -7,7 +7,7 @@ For S seeds, three ways to run S independently seeded trainings of one model:
 
 - `loop`:    a Python loop over the seeds of the jitted single-seed step, each seed's batch split
              over the devices with parameters replicated: exactly what `train.train` runs per seed
-             (`data_mesh`, `shard_batch`, `replicate`), i.e. pipelines.run_seeds(seed_scope='all').
+             (`data_mesh`, `shard_batch`, `replicate`), i.e. classify.pipelines.train_latents(seed_scope='all').
 - `vmap`:    `jax.jit(jax.vmap(step))` over a stacked leading seed axis, all on one device.
 - `sharded`: the same vmapped step with the seed axis sharded over the devices (`train.seed_mesh`,
              NamedSharding(P('seed'))): exactly what `train.train_seeds` runs
@@ -23,12 +23,12 @@ Four candidates that are not (yet) the project's code path, for comparison:
 - `loop_spread`:    the Python loop with seed s placed whole on device s % D (no data parallelism),
                     all seeds' steps dispatched asynchronously, metrics fetched once per round.
 
-The step is the project's (`train._initial_state` -> `train.make_step_fn` with `losses.make_loss_fn`
+The step is the project's (`train.initial_state` -> `train.make_step_fn` with `losses.make_loss_fn`
 and `train.make_optimizer`: clip + Adam, NaN guard), so this measures what the project runs. Models:
 `reference` (conv VAE 32-64-128-256, ReLU, 16-d latent, MSE + KL, batch 128: the PyTorch comparison
 model), `conv_ae` (the cvae stage-1 AE, batch 128) and `dense_vae` (the cvae stage-2 VAE on 30-d codes,
 recon_mse + 0.2 KL on unit 0, batch 256, lr 3e-3). Batches are random and pre-placed on the devices
-(input loading is not in the figure); metrics are fetched to the host after every step, as `train._fit`
+(input loading is not in the figure); metrics are fetched to the host after every step, as `train.train`
 does. A round is one step of every seed; the figure is S * batch * rounds / seconds of the timed
 rounds. FLOPs per round come from XLA's cost analysis of the compiled program(s), summed over the devices
 (FLOPs executed, so redundant per-device work counts); the fraction of peak
@@ -137,8 +137,8 @@ def bench_one(model: str, strategy: str, seeds: int, args, setups, peak_gflops: 
   states, step_fn = [], None
   for k in seed_keys:
     init_key, _ = jax.random.split(k)
-    _, state, step_fn = train._initial_state(models.build_model(registry, kwargs, init_key), train_cfg,
-                                             weights, options, None, k)
+    _, state, step_fn = train.initial_state(models.build_model(registry, kwargs, init_key), train_cfg,
+                                            weights, options, k)
     states.append(state)
   data_key = jax.random.fold_in(root, 7)
   n_batches = 2  # alternate two batches per seed (fresh data, bounded memory)
@@ -188,7 +188,7 @@ def bench_one(model: str, strategy: str, seeds: int, args, setups, peak_gflops: 
     def one_round(r):
       for s in range(seeds):
         states[s], metrics = compiled(states[s], batches[r % n_batches][s], jax.random.fold_in(step_keys[s], r))
-        jax.device_get(metrics)  # train._fit fetches the metrics every step
+        jax.device_get(metrics)  # train.train fetches the metrics every step
 
   else:
     stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)

@@ -14,7 +14,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from stargal_jax import BANDS, inputs as inputs_lib, segmentation as seg, segmentation_job as job
+from stargal_jax import BANDS, inputs as inputs_lib
+from stargal_jax.segment import scoring, sep_baseline
 
 EDGES = (17.0, 19.0, 20.0, 21.0, 22.0)
 
@@ -32,20 +33,22 @@ def main():
   if inputs.truth is None:
     raise SystemExit("this needs the embedded simulated data (truth masks)")
   n = min(args.n, len(inputs.labelled))
-  truth = job._subset_truth(inputs.truth, n)
+  truth = scoring.subset_truth(inputs.truth, n)
   images = inputs.labelled.read(np.arange(n))
   central_mag = np.asarray(truth["mag"])[:, BANDS.index("r")]
   ours = np.load(workdir / "segmentation.npz", allow_pickle=False)["mask"][:n]
-  sep_masks = seg.sep_segment(images, args.band, args.thresh, **job.sep_kwargs(config.seg))
+  sep_masks = sep_baseline.sep_segment(images, args.band, args.thresh, **sep_baseline.sep_kwargs(config.seg))
   rows = {}
   for name, masks in (("ours", ours), (f"SEP ({args.band}, {args.thresh:g} sigma)", sep_masks)):
-    scores = seg.score_masks(masks, truth["mask"], job.truth_neighbour_table(truth), EDGES, central_mag=central_mag)
+    scores = scoring.score_masks(masks, truth["mask"], scoring.truth_neighbour_table(truth), EDGES,
+                                 central_mag=central_mag)
     rows[name] = [scores["central_iou"]] + [b["central_iou"] for b in scores["central_iou_by_mag"]]
     found = [(masks[(central_mag >= lo) & (central_mag < hi)] == 1).any(axis=(1, 2)).mean()
              for lo, hi in zip((-np.inf,) + EDGES, EDGES + (np.inf,))]
-    rows[name + ": central found"] = [job.central_found_fraction(masks)] + found
+    rows[name + ": central found"] = [scoring.central_found_fraction(masks)] + found
   counts = [n] + [b["n"] for b in scores["central_iou_by_mag"]]
-  labels = ["all"] + [f"< {EDGES[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(EDGES[:-1], EDGES[1:])] + [f">= {EDGES[-1]:g}"]
+  labels = (["all", f"< {EDGES[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(EDGES[:-1], EDGES[1:])]
+            + [f">= {EDGES[-1]:g}"])
   print(f"central-object IoU by true r magnitude, first {n} labelled cutouts of {workdir}")
   print("| | " + " | ".join(f"{l} (n={c})" for l, c in zip(labels, counts)) + " |")
   print("|---|" + "---|" * len(labels))

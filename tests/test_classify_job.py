@@ -94,7 +94,8 @@ def test_seed_study_reports_every_seed_and_their_summary(seed_scope, smoke_cache
   np.testing.assert_allclose(out["auc_per_seed"], aucs, atol=1e-6)
   assert out["auc_mean"] == pytest.approx(aucs.mean(), abs=1e-6)
   assert out["auc_std"] == pytest.approx(aucs.std(ddof=1), abs=1e-6)
-  pairs = [adjusted_rand_score(pred["pred"][a], pred["pred"][b]) for a, b in itertools.combinations(range(num_seeds), 2)]
+  pairs = [adjusted_rand_score(pred["pred"][a], pred["pred"][b])
+           for a, b in itertools.combinations(range(num_seeds), 2)]
   assert out["seed_agreement_ari"] == pytest.approx(np.mean(pairs))
   ranks = np.mean([(stats.rankdata(s, method="ordinal") - 1) / (n - 1) for s in pred["score"]], axis=0)
   assert out["consensus"]["auc"] == pytest.approx(roc_auc_score(galaxy, ranks), abs=1e-3)

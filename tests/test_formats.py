@@ -212,7 +212,7 @@ def test_resolve_paths_dir_glob_list_and_nothing(tmp_path):
 
 
 def test_unknown_kind_and_policy_list_valid_names(tmp_path):
-  with pytest.raises(ValueError, match="labelled, unlabelled"):
+  with pytest.raises(ValueError, match=r"\['labelled', 'unlabelled'\]"):
     formats.read_header(tmp_path / "x.npy", "labeled")
-  with pytest.raises(ValueError, match="zero, drop, raise"):
+  with pytest.raises(ValueError, match=r"\['drop', 'raise', 'zero'\]"):
     formats.load_file(tmp_path / "x.npy", "labelled", "ignore")

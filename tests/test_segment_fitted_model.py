@@ -46,7 +46,8 @@ def test_chunked_segmentation_equals_unchunked(tiny_model):
   full = hc_fn(x)  # every image at once: the unchunked reference
   k, n_sample, seed = 3, 3000, 5
   # Chunks of 3 over 7 images: the last chunk is padded, and the sample straddles chunk borders.
-  sample = hypercolumns.gather_pixel_sample(hypercolumns.iter_hypercolumns(hc_fn, fetch, 7, 3), lambda idx: images[idx], 7,
+  sample = hypercolumns.gather_pixel_sample(hypercolumns.iter_hypercolumns(hc_fn, fetch, 7, 3),
+                                            lambda idx: images[idx], 7,
                                    n_sample, seed)
   rows = np.sort(np.random.default_rng(seed).choice(7 * 64 * 64, n_sample, replace=False))
   np.testing.assert_array_equal(sample.rows, rows)

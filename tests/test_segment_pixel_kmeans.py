@@ -6,7 +6,6 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from stargal_jax.segment import pixel_kmeans
-from stargal_jax.segment import labelling
 from stargal_jax.segment import pixels
 
 

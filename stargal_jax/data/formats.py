@@ -17,6 +17,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from stargal_jax import registry
+
 IMAGE_SHAPE = (5, 64, 64)
 LABELLED_DTYPE = np.dtype([("objID", "<i8"), ("image", "<f4", IMAGE_SHAPE), ("class", "<U6"), ("z", "<f8")])
 UNLABELLED_DTYPE = np.dtype([("image", "<f4", IMAGE_SHAPE)])
@@ -52,15 +54,11 @@ def is_galaxy(labels: np.ndarray) -> np.ndarray:
 
 
 def check_kind(kind: str) -> str:
-  if kind not in KINDS:
-    raise ValueError(f"unknown data kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-  return kind
+  return registry.check_choice(kind, KINDS, "data kind")
 
 
 def check_nan_policy(nan_policy: str) -> str:
-  if nan_policy not in NAN_POLICIES:
-    raise ValueError(f"unknown nan_policy {nan_policy!r}; valid policies: {', '.join(NAN_POLICIES)}")
-  return nan_policy
+  return registry.check_choice(nan_policy, NAN_POLICIES, "nan_policy")
 
 
 @dataclasses.dataclass(frozen=True)

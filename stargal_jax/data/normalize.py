@@ -21,6 +21,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from stargal_jax import registry
+
 BANDS = ("u", "g", "r", "i", "z")
 MAD_TO_SIGMA = 1.4826
 # The SDSS asinh-magnitude softening b (u 1.4e-10 ... z 7.4e-10 maggies) in nanomaggies.
@@ -95,9 +97,7 @@ NORMALIZERS = {
 
 
 def get_normalizer(method: str) -> Normalizer:
-  if method not in NORMALIZERS:
-    raise ValueError(f"unknown normalisation {method!r}; valid: {', '.join(NORMALIZERS)}")
-  return NORMALIZERS[method]
+  return registry.lookup(NORMALIZERS, method, "normalisation")
 
 
 def _sample_images(images, max_images: int, seed: int) -> np.ndarray:

@@ -25,6 +25,12 @@ from stargal_jax.losses.terms import (MMD_SCALES, aw, aw_star, dkl, dkl_authors,
                                       kl_to_bimodal_authors, l2_density_distance, mmd, mmd_imq, pw, pw_star,
                                       recon_mse, recon_nll, sc)
 
+__all__ = ["DEFAULT_M", "DEFAULT_S", "GP_WEIGHT", "LOSS_TERMS", "MMD_SCALES", "PRIORS", "STATEFUL_TERMS", "Array",
+           "LossFn", "LossTerm", "StatefulTerm", "adversarial", "aw", "aw_star", "critic_apply", "critic_loss",
+           "critic_term", "dkl", "dkl_authors", "gradient_penalty", "init_critic", "interpolate", "kl",
+           "kl_to_bimodal", "kl_to_bimodal_authors", "l2_density_distance", "make_loss_fn", "mmd", "mmd_imq", "pw",
+           "pw_star", "recon_mse", "recon_nll", "sample_prior", "sc", "stateful_terms", "term_options"]
+
 # The order matters: each term's PRNG key is folded from the step's by its position here.
 LOSS_TERMS: dict[str, LossTerm] = {
     "recon_mse": recon_mse,
@@ -95,6 +101,7 @@ def make_loss_fn(weights: Mapping[str, float], options: Mapping[str, Mapping] | 
     return total, metrics
 
   return loss_fn
+
 
 def stateful_terms(weights: Mapping[str, float], options: Mapping[str, Mapping] | None, latent_dim: int | None,
                    learning_rate: float) -> list[StatefulTerm]:

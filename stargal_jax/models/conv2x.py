@@ -159,18 +159,24 @@ downconv2x = _with_backward(conv_stride2, transpose_stride2, kernel_grad)
 upconv2x = _with_backward(transpose_stride2, conv_stride2, lambda y, g, kernel: kernel_grad(g, y, kernel))
 
 
+def _kernel_and_bias(layer: str, init: Callable, shape: tuple[int, int, int, int], out_features: int,
+                     use_bias: bool, rngs: nnx.Rngs) -> tuple[nnx.Param, nnx.Param | None]:
+  """A stride-2 layer's kernel of `shape` (k, k, ., .) drawn by `init`, and its zero bias (or None)."""
+  if shape[0] < 2:
+    raise ValueError(f"{layer} needs kernel_size >= 2, got {shape[0]}")
+  kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+  return kernel, (nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None)
+
+
 class Conv2x(nnx.Module):
   """Stride-2 'SAME' convolution, the same function as nnx.Conv(strides=2) (same kernel layout
   and initialiser), with downconv2x's backward pass."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                use_bias: bool = True, rngs: nnx.Rngs):
-    if kernel_size < 2:
-      raise ValueError(f"Conv2x needs kernel_size >= 2, got {kernel_size}")
-    init = nnx.initializers.lecun_normal()
-    self.kernel = nnx.Param(
-      init(rngs.params(), (kernel_size, kernel_size, in_features, out_features), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+    self.kernel, self.bias = _kernel_and_bias("Conv2x", nnx.initializers.lecun_normal(),
+                                              (kernel_size, kernel_size, in_features, out_features), out_features,
+                                              use_bias, rngs)
 
   def __call__(self, x: Array) -> Array:
     out = downconv2x(x, self.kernel[...])
@@ -187,13 +193,10 @@ class UpConv2x(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                use_bias: bool = True, rngs: nnx.Rngs):
-    if kernel_size < 2:
-      raise ValueError(f"UpConv2x needs kernel_size >= 2, got {kernel_size}")
-    init = nnx.initializers.variance_scaling(
-      1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 3), out_axis=2)
-    self.kernel = nnx.Param(
-      init(rngs.params(), (kernel_size, kernel_size, out_features, in_features), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+    init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 3), out_axis=2)
+    self.kernel, self.bias = _kernel_and_bias("UpConv2x", init,
+                                              (kernel_size, kernel_size, out_features, in_features), out_features,
+                                              use_bias, rngs)
 
   def __call__(self, y: Array) -> Array:
     out = upconv2x(y, self.kernel[...])

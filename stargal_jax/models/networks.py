@@ -65,22 +65,19 @@ def _apply_norm(norm_layer: nnx.Module | None, x: Array, train: bool) -> Array:
   return norm_layer(x)
 
 
-def _make_downconv(kind: str, in_features: int, out_features: int, kernel_size: int,
-                   use_bias: bool, rngs: nnx.Rngs) -> nnx.Module:
-  registry.check_choice(kind, CONV_IMPLS, "downconv")
-  if kind == "adjoint":
-    return Conv2x(in_features, out_features, kernel_size, use_bias=use_bias, rngs=rngs)
-  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=2,
-                  padding="SAME", use_bias=use_bias, rngs=rngs)
+# Stride-2 layers by direction: (ours, with the hand-written backward pass; flax's own).
+_STRIDE2_LAYERS = {"downconv": (Conv2x, nnx.Conv), "upconv": (UpConv2x, nnx.ConvTranspose)}
 
 
-def _make_upconv(kind: str, in_features: int, out_features: int, kernel_size: int,
-                 use_bias: bool, rngs: nnx.Rngs) -> nnx.Module:
-  registry.check_choice(kind, CONV_IMPLS, "upconv")
+def _make_stride2(which: str, kind: str, in_features: int, out_features: int, kernel_size: int,
+                  use_bias: bool, rngs: nnx.Rngs) -> nnx.Module:
+  """A `which` ('downconv' | 'upconv') layer of implementation `kind` (`CONV_IMPLS`)."""
+  registry.check_choice(kind, CONV_IMPLS, which)
+  adjoint, flax_layer = _STRIDE2_LAYERS[which]
   if kind == "adjoint":
-    return UpConv2x(in_features, out_features, kernel_size, use_bias=use_bias, rngs=rngs)
-  return nnx.ConvTranspose(in_features, out_features, (kernel_size, kernel_size), strides=2,
-                           padding="SAME", use_bias=use_bias, rngs=rngs)
+    return adjoint(in_features, out_features, kernel_size, use_bias=use_bias, rngs=rngs)
+  return flax_layer(in_features, out_features, (kernel_size, kernel_size), strides=2,
+                    padding="SAME", use_bias=use_bias, rngs=rngs)
 
 
 def _check_image_size(image_size: int, n_blocks: int) -> None:
@@ -104,7 +101,7 @@ class ConvEncoder(nnx.Module):
     widths = (in_channels, *channels)
     # A conv bias just before batch norm is cancelled by its mean subtraction.
     self.convs = nnx.List([
-      _make_downconv(downconv, cin, cout, kernel_size, norm != "batch", rngs)
+      _make_stride2("downconv", downconv, cin, cout, kernel_size, norm != "batch", rngs)
       for cin, cout in zip(widths[:-1], widths[1:])])
     self.norms = nnx.List([_make_norm(norm, c, rngs) for c in channels])
     self.out_size = image_size // 2 ** len(channels)
@@ -145,7 +142,7 @@ class ConvDecoder(nnx.Module):
     widths = (*channels[::-1], channels[0] if output_conv else out_channels)
     n_hidden = len(channels) if output_conv else len(channels) - 1  # blocks with norm + act
     self.upconvs = nnx.List([
-      _make_upconv(upconv, cin, cout, kernel_size, j >= n_hidden or norm != "batch", rngs)
+      _make_stride2("upconv", upconv, cin, cout, kernel_size, j >= n_hidden or norm != "batch", rngs)
       for j, (cin, cout) in enumerate(zip(widths[:-1], widths[1:]))])
     self.norms = nnx.List([_make_norm(norm, c, rngs) for c in widths[1:n_hidden + 1]])
     self.to_image = (nnx.Conv(channels[0], out_channels, (kernel_size, kernel_size),

@@ -6,7 +6,9 @@ import contextlib
 
 import numpy as np
 import sep
-from stargal_jax.sdss_frames.frames import APERTURE_RADIUS, CUTOUT_SIZE, DETECT_MINAREA, DETECT_SNR, DETECT_THRESH_SIGMA, Frame, SATURATION_COUNTS, SOURCE_DTYPE, WINDOW_SIGMA, noise_map
+from stargal_jax.sdss_frames.frames import (APERTURE_RADIUS, CUTOUT_SIZE, DETECT_MINAREA, DETECT_SNR,
+                                            DETECT_THRESH_SIGMA, SATURATION_COUNTS, SOURCE_DTYPE, WINDOW_SIGMA,
+                                            Frame, noise_map)
 
 
 def _sep_ready(array: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ from scipy.spatial import cKDTree
 
 from stargal_jax import BANDS, registry
 from stargal_jax.sdss_frames.detect import detect_frame_sources, extract_objects, windowed_centroids
-from stargal_jax.sdss_frames.frames import APERTURE_RADIUS, CUTOUT_SIZE, DETECT_MINAREA, DETECT_SNR, DETECT_THRESH_SIGMA, FRAME_NAME, Frame, REFERENCE_BAND, SATURATION_COUNTS, read_frame
+from stargal_jax.sdss_frames.frames import (APERTURE_RADIUS, CUTOUT_SIZE, DETECT_MINAREA, DETECT_SNR,
+                                            DETECT_THRESH_SIGMA, FRAME_NAME, REFERENCE_BAND, SATURATION_COUNTS,
+                                            Frame, read_frame)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -90,7 +90,8 @@ def fit_segmentation(result: train.TrainResult, seg_config, normalizer: dict, un
                             segmenters, hypercolumn_fn)
 
 
-def segment_set(segmenters: Mapping[int, pixel_kmeans.Segmenter], hypercolumn_fn: hypercolumns.HypercolumnFn, fetch: hypercolumns.Fetch, n: int,
+def segment_set(segmenters: Mapping[int, pixel_kmeans.Segmenter], hypercolumn_fn: hypercolumns.HypercolumnFn,
+                fetch: hypercolumns.Fetch, n: int,
                 chunk: int, options: labelling.LabelOptions) -> dict[int, np.ndarray]:
   """Masks of images 0..n-1 under every segmenter, from one chunked hypercolumn pass."""
   ids = pixel_kmeans.assign_clusters(segmenters, hypercolumns.iter_hypercolumns(hypercolumn_fn, fetch, n, chunk), n)
@@ -123,8 +124,10 @@ def load_segmenters(path: Path) -> tuple[tuple[int, ...], dict[int, pixel_kmeans
     layers = tuple(int(i) for i in f["layers"])
     segmenters = {}
     for k in (int(k) for k in f["ks"]):
-      kmeans = pixel_kmeans.PixelKMeans(f[f"k{k}_mean"], f[f"k{k}_scale"], f[f"k{k}_centres"], float(f[f"k{k}_inertia"]))
-      segmenters[k] = pixel_kmeans.Segmenter(kmeans, f[f"k{k}_is_object"], f[f"k{k}_cluster_snr"], f[f"k{k}_cluster_fraction"])
+      kmeans = pixel_kmeans.PixelKMeans(f[f"k{k}_mean"], f[f"k{k}_scale"], f[f"k{k}_centres"],
+                                        float(f[f"k{k}_inertia"]))
+      segmenters[k] = pixel_kmeans.Segmenter(kmeans, f[f"k{k}_is_object"], f[f"k{k}_cluster_snr"],
+                                             f[f"k{k}_cluster_fraction"])
   return layers, segmenters
 
 
@@ -137,5 +140,6 @@ def load_fitted_segmentation(workdir: str | Path) -> tuple[FittedSegmentation, m
   layers, segmenters = load_segmenters(workdir / "segmenter.npz")
   sc = config.seg
   result = stages.restore_stage(autoencoder_stage(sc, sc.model), workdir / "checkpoints" / sc.model)
-  hypercolumn_fn = hypercolumns.make_hypercolumn_fn(result, layers, detection=hypercolumns.DetectionChannel.from_config(sc))
+  detection = hypercolumns.DetectionChannel.from_config(sc)
+  hypercolumn_fn = hypercolumns.make_hypercolumn_fn(result, layers, detection=detection)
   return FittedSegmentation(result, layers, normalizer, segmenters, hypercolumn_fn), config

@@ -67,7 +67,8 @@ def make_hypercolumn_fn(result: train.TrainResult, layers: Sequence[int], size: 
   if detection is None:
     return features
   return lambda x: np.concatenate(
-      [features(x), pixels.detection_image(np.transpose(x, (0, 3, 1, 2)), detection.bands, detection.sigma_px)[..., None]],
+      [features(x),
+       pixels.detection_image(np.transpose(x, (0, 3, 1, 2)), detection.bands, detection.sigma_px)[..., None]],
       axis=-1)
 
 

@@ -64,7 +64,8 @@ def run_segmentation(config, workdir: str | Path) -> dict:
   for j, name in enumerate(dict.fromkeys([*sc.compare_models, sc.model])):
     results[name] = fitted_model.train_autoencoder(sc, name, fetch_u, train_rows, jax.random.fold_in(key, j), workdir)
     if len(held_rows):
-      recon[name] = dict(fitted_model.reconstruction_error(results[name], fetch_u, held_rows, config.eval.eval_batch_size),
+      recon[name] = dict(fitted_model.reconstruction_error(results[name], fetch_u, held_rows,
+                                                           config.eval.eval_batch_size),
                          steps=int(sc.ae.train.steps))
       print(f"[segmentation] {name}: held-back MSE {recon[name]['mse']:.4f}", flush=True)
   reconstruction = {"models": recon}
@@ -88,7 +89,8 @@ def run_segmentation(config, workdir: str | Path) -> dict:
                           "hypercolumn_channels": channels, "k": int(sc.k), "sample_pixels": int(sc.sample_pixels),
                           "fit_images": int(min(sc.fit_images or len(inputs.unlabelled), len(inputs.unlabelled))),
                           "rule": sc.rule, "snr_threshold": float(sc.snr_threshold), "snr_bands": sc.snr_bands,
-                          "detection_share": float(sc.detection_share), "detection_sigma_px": float(sc.detection_sigma_px),
+                          "detection_share": float(sc.detection_share),
+                          "detection_sigma_px": float(sc.detection_sigma_px),
                           "n_objects": int(len(masks)), "central_found_fraction": scoring.central_found_fraction(masks),
                           "cluster_snr": fitted.segmenters[int(sc.k)].cluster_snr.tolist(),
                           "cluster_is_object": fitted.segmenters[int(sc.k)].is_object.tolist()}}
@@ -101,7 +103,8 @@ def run_segmentation(config, workdir: str | Path) -> dict:
     mag_bins = tuple(sc.mag_bins)
     best, grid = sep_baseline.tune_sep(images, truth["mask"], tuple(sc.sep_bands), tuple(sc.sep_thresholds),
                               scoring.truth_neighbour_table(truth), **sep_baseline.sep_kwargs(sc))
-    sep_masks = sep_baseline.sep_segment(images, best["band"], best["thresh_sigma"], **sep_baseline.sep_kwargs(sc)).astype(labelling.MASK_DTYPE)
+    sep_masks = sep_baseline.sep_segment(images, best["band"], best["thresh_sigma"],
+                                         **sep_baseline.sep_kwargs(sc)).astype(labelling.MASK_DTYPE)
     _progress(f"SEP tuned over {len(grid)} settings: best {best['band']}, {best['thresh_sigma']:g} sigma", t0)
     out["scores"] = {f"ours (k={sc.k})": scoring.score_against_truth(masks[:n_score], truth, images, mag_bins),
                      f"SEP ({best['band']}, {best['thresh_sigma']:g} sigma)":
@@ -216,7 +219,8 @@ def run_seg_cvae(config, workdir: str | Path) -> dict:
   masks = {}
   for name, store in (("unlabelled", inputs.unlabelled), ("labelled", inputs.labelled)):
     fetch = inputs_lib.model_images(store, inputs.normalizer)
-    masks[name] = fitted_model.segment_set(fitted.segmenters, fitted.hypercolumn_fn, fetch, len(store), int(sc.chunk), options)[k]
+    masks[name] = fitted_model.segment_set(fitted.segmenters, fitted.hypercolumn_fn, fetch, len(store),
+                                           int(sc.chunk), options)[k]
     _progress(f"{len(store)} {name} cutouts segmented", t0)
   np.savez_compressed(workdir / "segmentation.npz", objID=np.asarray(inputs.labelled.index["objID"]),
                       mask=masks["labelled"])

@@ -80,7 +80,8 @@ class LabelOptions:
     return cls(int(seg_config.min_area), int(seg_config.connectivity), float(seg_config.centre_radius))
 
 
-def masks_from_clusters(segmenter: pixel_kmeans.Segmenter, cluster_ids: np.ndarray, options: LabelOptions) -> np.ndarray:
+def masks_from_clusters(segmenter: pixel_kmeans.Segmenter, cluster_ids: np.ndarray,
+                        options: LabelOptions) -> np.ndarray:
   """(N, H, W) masks: object clusters -> foreground -> connected components, central = 1."""
   foreground = segmenter.is_object[cluster_ids]
   return label_objects(foreground, options.min_area, options.connectivity,

@@ -109,7 +109,8 @@ def write_real_figures(workdir: str | Path, out_dir: str | Path, k: int | None =
 
   def figure(images, titles, name):
     ours = fitted_model.segment_real_cutouts(images, fitted, k, options)
-    sep_masks = sep_baseline.sep_segment(images, best["band"], float(best["thresh_sigma"]), **sep_baseline.sep_kwargs(config.seg))
+    sep_masks = sep_baseline.sep_segment(images, best["band"], float(best["thresh_sigma"]),
+                                         **sep_baseline.sep_kwargs(config.seg))
     columns = {f"ours (k={k})": ours, f"SEP ({best['band']}, {float(best['thresh_sigma']):g} sigma)": sep_masks}
     written[name] = figures.plot_segmentations(images, columns, out_dir / f"segmentation_{name}.png", titles,
                                        cutouts_as_columns=True, dpi=80)

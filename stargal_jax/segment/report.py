@@ -82,7 +82,8 @@ def segmentation_report_lines(out: Mapping) -> list[str]:
   s = out["segmentation"]
   lines += ["## Segmentation", "",
             f"Model `{s['model']}`, hypercolumn layers {s['hypercolumn_layers']} ({s['hypercolumn_channels']} "
-            f"channels{_detection_note(s)}), k = {s['k']}, k-means on {s['sample_pixels']} pixels of {s['fit_images']} unlabelled "
+            f"channels{_detection_note(s)}), k = {s['k']}, k-means on {s['sample_pixels']} pixels of "
+            f"{s['fit_images']} unlabelled "
             f"images; clusters with mean {s['snr_bands']} S/N > {s['snr_threshold']} are objects "
             f"(rule `{s['rule']}`). {s['n_objects']} labelled cutouts segmented.", ""]
   scores = out.get("scores") or {}
