@@ -24,7 +24,6 @@ SUMMARY_COLUMNS = (
     ("galaxy_purity_at_96_completeness", "galaxy purity @ 96% galaxy completeness"),
     ("star_completeness_at_97_purity", "star completeness @ 97% star purity"),
 )
-SEED_QUANTITIES = ("auc", "auc_best_sign", "accuracy")
 LEGEND = (
     "AUC (label-free): galaxies positive, the score's sign chosen without labels from an "
     "extendedness measured on the images. AUC best sign: max(AUC, 1 - AUC), the figure the 2017 "
