@@ -37,3 +37,17 @@ def sdss_frames_dir():
   if not path.is_dir():
     pytest.skip(f"real SDSS frames not found at {path}")
   return path
+
+
+@pytest.fixture(scope="session")
+def sparse(sdss_frames_dir):
+  """The high-latitude field 001035-6-0017 (sparse), loaded once per session."""
+  from stargal_jax import sdss_frames
+  return sdss_frames.load_field(sdss_frames_dir / "001035-6-0017")
+
+
+@pytest.fixture(scope="session")
+def crowded(sdss_frames_dir):
+  """The Galactic-plane field 005405-6-0099 (crowded), without the alignment refinement (the test measures it)."""
+  from stargal_jax import sdss_frames
+  return sdss_frames.load_field(sdss_frames_dir / "005405-6-0099", refine_alignment=False)

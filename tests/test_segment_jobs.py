@@ -10,10 +10,10 @@ from sklearn.metrics import roc_auc_score
 
 from stargal_jax import experiment, inputs as inputs_lib
 from stargal_jax.data import store as stores
-from conftest import load_config
-from synthetic_scenes import two_blob_scenes
 from stargal_jax.segment import jobs
 from stargal_jax.segment import labelling
+from conftest import load_config
+from synthetic_scenes import two_blob_scenes
 
 
 @pytest.fixture(scope="module")

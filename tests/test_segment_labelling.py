@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from synthetic_scenes import NOISE, make_scenes
 from stargal_jax.segment import labelling
+from synthetic_scenes import NOISE, make_scenes
 
 
 def test_label_objects_centre_rule_and_ordering():

@@ -5,6 +5,7 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
+
 from stargal_jax.segment import pixel_kmeans
 from stargal_jax.segment import pixels
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from stargal_jax.segment import pixels
 
 

@@ -6,11 +6,11 @@ from scipy import ndimage
 
 from stargal_jax import paths
 from stargal_jax.paths import shared_data_dir
-from synthetic_scenes import fit_and_segment
 from stargal_jax.segment import labelling
 from stargal_jax.segment import pixels
 from stargal_jax.segment import real_data
 from stargal_jax.segment import sep_baseline
+from synthetic_scenes import fit_and_segment
 
 
 def _real_r_cutouts(n=8, size=64):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from synthetic_scenes import fit_and_segment, make_scenes, perfect_features
 from stargal_jax.segment import scoring
+from synthetic_scenes import fit_and_segment, make_scenes, perfect_features
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 import pytest
 
-from synthetic_scenes import make_scenes
 from stargal_jax.segment import scoring
 from stargal_jax.segment import sep_baseline
+from synthetic_scenes import make_scenes
 
 
 @pytest.fixture(scope="module")
