@@ -11,7 +11,7 @@ For S seeds, three ways to run S independently seeded trainings of one model:
 - `vmap`:    `jax.jit(jax.vmap(step))` over a stacked leading seed axis, all on one device.
 - `sharded`: the same vmapped step with the seed axis sharded over the devices (`train.seed_mesh`,
              NamedSharding(P('seed'))): exactly what `train.train_seeds` runs
-             (run_seeds(seed_scope='stage2')). For S = 1 seed_mesh has one device: same as vmap.
+             (classify.pipelines.train_latents with seed_scope='stage2'). For S = 1 seed_mesh has one device: same as vmap.
 Four candidates that are not (yet) the project's code path, for comparison:
 - `shard_map`:      `jax.shard_map(jax.vmap(step))` over the seed mesh: each device runs its own
                     seeds with no collectives (for conv models the SPMD partitioner does not split

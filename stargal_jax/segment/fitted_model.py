@@ -21,7 +21,7 @@ from stargal_jax.segment import hypercolumns, labelling, pixel_kmeans, pixels
 
 
 def autoencoder_stage(seg_config, model_name: str) -> ml_collections.ConfigDict:
-  """The stage config `pipelines.train_stage` takes: `seg_config.ae` with the registry model named."""
+  """The stage config `stages.train_stage` takes: `seg_config.ae` with the registry model named."""
   stage = ml_collections.ConfigDict(seg_config.ae.to_dict())
   stage.model = model_name
   return stage

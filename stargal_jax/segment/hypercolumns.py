@@ -23,7 +23,7 @@ HypercolumnFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class DetectionChannel:
-  """A matched-filtered detection S/N channel (`segmentation.detection_image` of the model inputs) appended to
+  """A matched-filtered detection S/N channel (`pixels.detection_image` of the model inputs) appended to
   the hypercolumns, holding `share` of the k-means feature variance. Why: per-pixel AE features alone miss
   faint objects (central object found in 41% of cutouts at r >= 22 against 94% for SEP, whose detection is
   matched-filtered); the filtered S/N adds that sensitivity while the AE features keep shaping the clusters."""

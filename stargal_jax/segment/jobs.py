@@ -131,7 +131,7 @@ def _progress(what: str, t0: float) -> None:
 def write_masked_store(store, masks: np.ndarray, directory: Path, seed: int, dilate: int = 2,
                        chunk: int = 512) -> stores.Store:
   """A packed store (images.npy, index.npy, files.json, summary.json) of `store`'s images with the
-  neighbours of `masks` replaced by noise (`segmentation.mask_neighbours`), written `chunk` images at
+  neighbours of `masks` replaced by noise (`labelling.mask_neighbours`), written `chunk` images at
   a time through the file (sequential writes keep the resident set small). Reused when complete."""
   directory = Path(directory)
   if (directory / "summary.json").is_file():

@@ -70,7 +70,7 @@ def label_objects(foreground: np.ndarray, min_area: int = 5, connectivity: int =
 
 @dataclasses.dataclass(frozen=True)
 class LabelOptions:
-  """Connected components -> mask labels (see `segmentation.label_objects`)."""
+  """Connected components -> mask labels (see `label_objects`)."""
   min_area: int = 5
   connectivity: int = 8
   centre_radius: float = 5.0

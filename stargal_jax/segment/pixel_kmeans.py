@@ -6,7 +6,6 @@ its sampled pixels (`FOREGROUND_RULES`; no labels, no truth). numpy / scikit-lea
 """
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -16,7 +15,7 @@ from stargal_jax import registry
 from stargal_jax.segment import pixels
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PixelKMeans:
   """k-means on standardised per-pixel features: x -> (x - mean) / scale, nearest of `centres`."""
   mean: np.ndarray    # (C,)
@@ -111,7 +110,7 @@ FOREGROUND_RULES: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 
 
 def sample_pixel_rows(n_pixels: int, sample_pixels: int, seed: int) -> np.ndarray:
-  """Sorted flat pixel indices of the k-means sample: the very draw `segmentation.fit_pixel_kmeans`
+  """Sorted flat pixel indices of the k-means sample: the very draw `fit_pixel_kmeans`
   makes, so the chunked fit equals the unchunked one."""
   rng = np.random.default_rng(seed)
   if n_pixels <= sample_pixels:
@@ -122,7 +121,7 @@ def sample_pixel_rows(n_pixels: int, sample_pixels: int, seed: int) -> np.ndarra
 @dataclasses.dataclass(frozen=True)
 class PixelSample:
   features: np.ndarray  # (S, C) float32 hypercolumn vectors
-  snr: np.ndarray       # (S,) detection S/N of the same pixels (segmentation.snr_image)
+  snr: np.ndarray       # (S,) detection S/N of the same pixels (pixels.snr_image)
   rows: np.ndarray      # (S,) flat pixel indices over (N, H, W)
 
 
@@ -144,14 +143,13 @@ def fit_segmenter(sample: PixelSample, k: int, seed: int = 0, algorithm: str = "
                   weights: np.ndarray | None = None) -> Segmenter:
   """k-means on the sample; a cluster is object or background by `rule` on its sampled pixels' mean
   S/N (the sample is uniform over pixels, so this estimates the mean over all pixels)."""
-  if rule not in FOREGROUND_RULES:
-    raise KeyError(f"unknown foreground rule {rule!r}; valid: {sorted(FOREGROUND_RULES)}")
+  decide = registry.lookup(FOREGROUND_RULES, rule, "foreground rule")
   as_image = sample.features[None, None]  # (1, 1, S, C): every row used, in order
   kmeans = fit_pixel_kmeans(as_image, k, sample_pixels=len(sample.features), seed=seed,
-                                algorithm=algorithm, weights=weights)
+                            algorithm=algorithm, weights=weights)
   ids = assign_pixels(kmeans, as_image).ravel()
   cluster_snr = cluster_mean_snr(ids, sample.snr, k)
-  is_object = FOREGROUND_RULES[rule](cluster_snr, snr_threshold)
+  is_object = decide(cluster_snr, snr_threshold)
   fraction = np.bincount(ids, minlength=k) / max(len(ids), 1)
   return Segmenter(kmeans, np.asarray(is_object, bool), cluster_snr, fraction)
 

@@ -155,7 +155,7 @@ def model_inputs(images: np.ndarray, normalizer: dict) -> np.ndarray:
 
 
 def subtract_sky(images: np.ndarray) -> np.ndarray:
-  """Images minus their robust per-cutout, per-band background level (`segmentation.robust_background`:
+  """Images minus their robust per-cutout, per-band background level (`robust_background`:
   clipped median with sources excluded). Real frames keep sky residuals of up to ~2 sigma in crowded
   fields; the training cutouts have none."""
   level, _ = robust_background(np.asarray(images, np.float64))

@@ -126,7 +126,7 @@ def write_real_figures(workdir: str | Path, out_dir: str | Path, k: int | None =
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-    prog="python -m stargal_jax.segmentation_job",
+    prog="python -m stargal_jax.segment.real_data",
     description="Segment real SDSS frame cutouts and HSC scenes with a finished segmentation run.")
   parser.add_argument("workdir", help="a finished `launch.py --config=configs/segmentation.py` run")
   parser.add_argument("--out", default=str(paths.REPO_ROOT / "docs" / "images"), help="figure folder")

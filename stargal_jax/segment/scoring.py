@@ -188,7 +188,7 @@ def central_found_fraction(masks: np.ndarray) -> float:
 
 
 def summarize_scores(scores: Mapping, masks: np.ndarray) -> dict:
-  """`segmentation.score_masks` output without its per-image arrays, plus the central-found fraction."""
+  """`score_masks` output without its per-image arrays, plus the central-found fraction."""
   out = {k: v for k, v in scores.items() if not isinstance(v, np.ndarray)}
   out["central_found_fraction"] = central_found_fraction(masks)
   return out
