@@ -96,5 +96,5 @@ def test_image_array_zeroes_and_counts_non_finite_pixels():
 
 def test_a_run_of_another_kind_is_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"pipeline": "segmentation", "num_seeds": 1}))
-  with pytest.raises(ValueError, match="not a classification pipeline"):
+  with pytest.raises(ValueError, match=r"unknown classification pipeline .*'segmentation'.*valid: \['ae_vae'"):
     predict.load_run(tmp_path)

@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from stargal_jax import IMAGE_SHAPE, stages, train
+from stargal_jax import IMAGE_SHAPE, registry, stages, train
 from stargal_jax import inputs as inputs_lib
 from stargal_jax.classify import pipelines, scoring
 from stargal_jax.data import normalize as normalization
@@ -50,11 +50,9 @@ def load_run(workdir: str | Path) -> TrainedRun:
   """Restores a finished classification run written by `experiment.run(config, workdir)`."""
   workdir = Path(workdir)
   config = load_config(workdir)
-  if config.pipeline not in pipelines.PIPELINES:
-    raise ValueError(f"{workdir}: pipeline {config.pipeline!r} is not a classification pipeline; "
-                     f"valid: {sorted(pipelines.PIPELINES)}")
+  names = registry.lookup(pipelines.PIPELINES, config.pipeline,
+                          f"classification pipeline (in {workdir / 'config.json'})").encoder
   normalizer = normalization.load_normalizer(workdir / "normalizer.json")
-  names = pipelines.get_pipeline(config.pipeline).encoder
   num_seeds = int(config.num_seeds)
   restore = lambda root, name: stages.restore_stage(config[name], root / "checkpoints" / name)
   if num_seeds > 1 and config.seed_scope == "stage2":
