@@ -66,11 +66,11 @@ def test_critic_term_declares_its_state_and_one_adam_step_on_the_critic_loss():
   np.testing.assert_array_equal(state["critic"][0]["w"], expected_critic[0]["w"])
   assert term.context(state)["critic_params"] is state["critic"]
   z = normal(3, (16, 2))
-  new, metrics = term.update(state, {"z": z}, step_key)
+  new, metrics = jax.jit(term.update)(state, {"z": z}, step_key)
   # By hand: the critic's keys from the step key, prior samples of Q(1, 0.5), one Adam step at lr 0.01.
   critic_key, prior_key = jax.random.split(jax.random.fold_in(step_key, 1))
   z_p = losses.sample_prior(prior_key, (16, 1), "bimodal", 1.0, 0.5)
-  value, grads = jax.value_and_grad(losses.critic_loss)(state["critic"], z[:, 1:], z_p, critic_key, gp_weight=3.0)
+  value, grads = jax.jit(jax.value_and_grad(losses.critic_loss))(state["critic"], z[:, 1:], z_p, critic_key, 3.0)
   adam = optax.adam(0.01)
   updates, _ = adam.update(grads, adam.init(state["critic"]), state["critic"])
   expected = optax.apply_updates(state["critic"], updates)
