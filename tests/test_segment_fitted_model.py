@@ -5,12 +5,7 @@ import numpy as np
 import pytest
 
 from stargal_jax import models, train
-from stargal_jax.segment import fitted_model
-from stargal_jax.segment import hypercolumns
-from stargal_jax.segment import pixel_kmeans
-from stargal_jax.segment import labelling
-from stargal_jax.segment import pixels
-from stargal_jax.segment import scoring
+from stargal_jax.segment import fitted_model, hypercolumns, labelling, pixel_kmeans, pixels, scoring
 from synthetic_scenes import fit_and_segment, make_scenes, perfect_features, two_blob_scenes
 
 

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from stargal_jax import models, train
-from stargal_jax.segment import hypercolumns
-from stargal_jax.segment import pixels
+from stargal_jax.segment import hypercolumns, pixels
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from stargal_jax import experiment, inputs as inputs_lib
 from stargal_jax.data import store as stores
-from stargal_jax.segment import jobs
-from stargal_jax.segment import labelling
+from stargal_jax.segment import jobs, labelling
 from conftest import load_config
 from synthetic_scenes import two_blob_scenes
 

@@ -6,8 +6,7 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from stargal_jax.segment import pixel_kmeans
-from stargal_jax.segment import pixels
+from stargal_jax.segment import pixel_kmeans, pixels
 
 
 def test_kmeans_assignment_is_nearest_standardised_centre():

@@ -6,10 +6,7 @@ from scipy import ndimage
 
 from stargal_jax import paths
 from stargal_jax.paths import shared_data_dir
-from stargal_jax.segment import labelling
-from stargal_jax.segment import pixels
-from stargal_jax.segment import real_data
-from stargal_jax.segment import sep_baseline
+from stargal_jax.segment import labelling, pixels, real_data, sep_baseline
 from synthetic_scenes import fit_and_segment
 
 

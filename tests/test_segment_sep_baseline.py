@@ -2,8 +2,7 @@
 
 import pytest
 
-from stargal_jax.segment import scoring
-from stargal_jax.segment import sep_baseline
+from stargal_jax.segment import scoring, sep_baseline
 from synthetic_scenes import make_scenes
 
 
