@@ -1,15 +1,28 @@
 """Shared fixtures: one generated smoke data set per test session; real data skip helpers."""
 
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 
 from stargal_jax import paths
 
 REPO = Path(__file__).resolve().parents[1]
+
+# XLA's persistent compilation cache, in a folder of this session only: the many tests that build the same small
+# model's train step (each `train.train` jits a fresh closure) compile it once and then load it. Same executable,
+# same numbers; set before any test compiles anything.
+_XLA_CACHE = tempfile.mkdtemp(prefix="stargal_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def load_config(name, arg="smoke"):

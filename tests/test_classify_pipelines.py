@@ -55,6 +55,7 @@ def _tiny_inputs(tmp_path):
   return inputs_lib.Inputs(labelled=store, unlabelled=store, normalizer=normalizer, source="test", truth=None)
 
 
+@pytest.mark.slow  # trains and restores a pipeline end to end
 def test_one_seed_train_latents_are_the_pipelines_own(tmp_path):
   config = load_config("vae_manifold")
   config.vae.train.steps, config.vae.train.batch_size = 2, 8

@@ -16,7 +16,7 @@ def _stage(steps=4):
   stage.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, kl=0.5))
   stage.loss_options = ml_collections.ConfigDict()
   stage.train = ml_collections.ConfigDict(dict(steps=steps, batch_size=8, learning_rate=1e-2, grad_clip=10.0,
-                                               checkpoint_every=2, log_every=2))
+                                               checkpoint_every=4, log_every=2))
   return stage
 
 
