@@ -62,8 +62,7 @@ def test_critic_term_declares_its_state_and_one_adam_step_on_the_critic_loss():
   key, step_key = jax.random.key(4), jax.random.key(5)
   state = jax.jit(term.init)(key)
   assert set(state) == {"critic", "critic_opt"} and term.outputs == ("z",)
-  expected_critic = init_critic(jax.random.fold_in(key, 10**6), 1, (64, 64))  # sized by the selected units
-  np.testing.assert_array_equal(state["critic"][0]["w"], expected_critic[0]["w"])
+  assert [layer["w"].shape for layer in state["critic"]] == [(1, 64), (64, 64), (64, 1)]  # sized by the units
   assert term.context(state)["critic_params"] is state["critic"]
   z = normal(3, (16, 2))
   new, metrics = jax.jit(term.update)(state, {"z": z}, step_key)

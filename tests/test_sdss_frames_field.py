@@ -2,11 +2,13 @@
 bands: the measured alignment holds on held-out sources found on each band's own pixels."""
 
 import numpy as np
+import pytest
 
 from stargal_jax import sdss_frames as sf
 from sdss_helpers import check_centred, isolated_point_sources, median_residual, native_positions_by_hand
 
 
+@pytest.mark.slow  # loads a second real field for this test alone (~12 s)
 def test_alignment_on_held_out_sources(crowded):
   stars = sf.detect_sources(crowded, snr=20.0)
   fit, held_out = stars[::2], stars[1::2]
