@@ -92,6 +92,6 @@ def test_edge_case_inputs_exit_2_with_one_line_naming_the_file(tmp_path):
   formats.write_unlabelled(bright, images)
   summary = json.loads(_run("--unlabelled", bright).stdout)["unlabelled"]
   assert summary["out_of_bounds"]["pixels"] == 1 and summary["nonfinite"]["pixels"] == 0
-  assert json.loads(_run("--unlabelled", bright, "--pixel-bounds", "-1e31", "1e31").stdout)[
+  assert json.loads(_run("--unlabelled", bright, "--pixel-bounds=-1e31,1e31").stdout)[
       "unlabelled"]["out_of_bounds"]["pixels"] == 0
   _one_line_error(_run("--unlabelled", bright, "--nan-policy", "raise"), f"{bright}, record 0", "outside")

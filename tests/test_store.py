@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -284,3 +286,38 @@ def test_suspect_rows_name_the_file_and_record_of_the_most_extreme_images(labell
                      "max_abs_pixel": 9e5, "nonfinite_pixels": 0}
   text = store.describe_rows(rows)
   assert f"{directory / 'd.npy'}, record 1 (objID 51): max |pixel| 9e+05" in text
+
+
+def test_build_directories_of_killed_packs_are_removed_but_not_a_live_packers(labelled_dir, tmp_path, caplog):
+  directory, _ = labelled_dir
+  stores = tmp_path / "cache" / "stores"
+  key = store.fingerprint(formats.resolve_paths(directory), "labelled", "zero", False)
+  own, dead, live = (stores / f".partial-{k}-x" for k in (key, "0" * 24, "1" * 24))
+  for folder in (own, dead, live):
+    folder.mkdir(parents=True)
+    (folder / "images.npy").write_bytes(b"partial")
+  with store.exclusive_lock(stores / f".{'1' * 24}.lock", "packing a store") as locked:  # a live packer
+    assert locked
+    packed = store.pack_store(directory, "labelled", tmp_path / "cache")
+    assert not own.exists() and not dead.exists() and live.exists()
+  assert packed.root.name == key and "left by a killed pack" in caplog.text
+  assert sorted(p.name for p in stores.iterdir()) == sorted([key, live.name])  # lock files removed on release
+
+
+def test_a_second_packer_of_the_same_inputs_waits_for_the_first_and_reuses_its_store(labelled_dir, tmp_path, caplog):
+  directory, _ = labelled_dir
+  cache = tmp_path / "cache"
+  key = store.fingerprint(formats.resolve_paths(directory), "labelled", "zero", False)
+  result = {}
+  with store.exclusive_lock(cache / "stores" / f".{key}.lock", "packing the same store"):
+    waiter = threading.Thread(target=lambda: result.update(packed=store.pack_store(directory, "labelled", cache)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not (cache / "stores" / key).exists()  # waiting, not packing
+    assert f"waiting for pid {os.getpid()}" in caplog.text and "packing the same store" in caplog.text
+    # The holder finishes the same store meanwhile (as a concurrent packer would).
+    shutil.copytree(store.pack_store(directory, "labelled", tmp_path / "other").root, cache / "stores" / key)
+    stamp = os.stat(cache / "stores" / key / "images.npy").st_mtime_ns
+  waiter.join(10)
+  assert not waiter.is_alive() and result["packed"].root == cache / "stores" / key
+  assert os.stat(result["packed"].root / "images.npy").st_mtime_ns == stamp  # reused, not packed again
