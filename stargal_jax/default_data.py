@@ -75,8 +75,11 @@ def _incomplete(root: Path, n_labelled: int, n_unlabelled: int, seed: int) -> st
   if differs:
     return "manifest.json is of another set: " + ", ".join(differs)
   found = {"labelled": _count_npy(root / "labelled"), "unlabelled": _count_npy(root / "unlabelled")}
-  expected = {"labelled": info.get("n_labelled_files", found["labelled"]), "unlabelled": n_unlabelled}
-  missing = [f"{kind}/ holds {found[kind]} of {expected[kind]} files" for kind in found if found[kind] != expected[kind]]
+  # simulate_dataset writes one file per unlabelled object and states the labelled file count.
+  expected = {"labelled": info.get("n_labelled_files", found["labelled"]),
+              "unlabelled": info.get("n_unlabelled_files", n_unlabelled)}
+  missing = [f"{kind}/ holds {found[kind]} of {expected[kind]} files"
+             for kind in found if found[kind] != expected[kind]]
   missing += [f"truth/{name} missing" for name in ("labelled_truth.npz", "unlabelled_truth.npz")
               if not (root / "truth" / name).is_file()]
   return "; ".join(missing) or None
@@ -139,4 +142,7 @@ def ensure_default_data(cache_dir: Path, n_labelled: int, n_unlabelled: int, see
           raise
     finally:
       shutil.rmtree(building, ignore_errors=True)
+    problem = _incomplete(root, n_labelled, n_unlabelled, seed)
+    if problem is not None:  # fail once, loudly, rather than regenerate on every start
+      raise RuntimeError(f"{root}: the simulator wrote a set that fails the completeness check ({problem})")
   return _as_default_data(root)

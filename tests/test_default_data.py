@@ -88,7 +88,8 @@ def test_temp_folders_of_a_killed_simulation_are_removed_on_the_next_start(tmp_p
 def test_a_live_writers_temp_folders_are_kept(tmp_path):
   sim = tmp_path / "sim"
   live, dead = default_data.dataset_name(5, 5, 8), default_data.dataset_name(5, 5, 9)
-  folders = [sim / f".building-{live}@a1", sim / f".{live}.tmp-abc", sim / f".building-{dead}@b2", sim / f".{dead}.tmp-xyz"]
+  folders = [sim / f".building-{live}@a1", sim / f".{live}.tmp-abc",  # a live writer's (its lock is held)
+             sim / f".building-{dead}@b2", sim / f".{dead}.tmp-xyz"]  # a killed writer's
   for folder in folders:
     (folder / "labelled").mkdir(parents=True)
   with store.exclusive_lock(default_data.lock_path(tmp_path, live), "simulating") as locked:

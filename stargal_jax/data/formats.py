@@ -280,30 +280,32 @@ def _check_chunk(path: Path, kind: str, records: np.ndarray, start: int, nan_pol
     z = np.full(n, np.nan, np.float32)
   flat = images.reshape(n, -1)
   lo, hi = pixel_bounds
-  ok = (flat >= lo) & (flat <= hi)  # one pass finds both kinds of bad pixel: NaN compares False
-  bad_records = np.flatnonzero(~ok.all(axis=1))
+  # Per-record min and max find both kinds of bad pixel in two fast reductions (NaN propagates
+  # through them and compares False); only the few flagged records are looked at pixel by pixel.
+  bad_records = np.flatnonzero(~((flat.min(axis=1) >= lo) & (flat.max(axis=1) <= hi)))
   keep = np.ones(n, bool)
   nonfinite_per_record = beyond_per_record = np.zeros(0, np.int64)
   if len(bad_records):
-    bad = ~ok[bad_records]
-    nonfinite = ~np.isfinite(flat[bad_records])
-    beyond = bad & ~nonfinite
+    pixels = flat[bad_records]
+    nonfinite = ~np.isfinite(pixels)
+    beyond = ~nonfinite & ((pixels < lo) | (pixels > hi))
     nonfinite_per_record, beyond_per_record = nonfinite.sum(axis=1), beyond.sum(axis=1)
     if nan_policy == "raise":
-      first = 0
-      example = float(flat[bad_records[first]][beyond[first]][0]) if beyond_per_record[first] else None
-      raise _fail(path, _pixel_problem(int(nonfinite_per_record[first]), int(beyond_per_record[first]), pixel_bounds,
-                                       example), start + int(bad_records[first]))
+      example = float(pixels[0][beyond[0]][0]) if beyond_per_record[0] else None
+      raise _fail(path, _pixel_problem(int(nonfinite_per_record[0]), int(beyond_per_record[0]), pixel_bounds,
+                                       example), start + int(bad_records[0]))
     if nan_policy == "zero":
-      flat[~ok] = 0.0
+      pixels[nonfinite | beyond] = 0.0
+      flat[bad_records] = pixels
     else:
       keep[bad_records] = False
   record = np.arange(start, start + n, dtype=np.int32)
+  if not keep.all():  # (a copy: only when something was dropped)
+    images, labels, objID, z, record = images[keep], labels[keep], objID[keep], z[keep], record[keep]
   return FileRecords(
-      path=path, images=images[keep], labels=labels[keep], objID=objID[keep], z=z[keep], record=record[keep],
-      n_records=n, nonfinite_objects=int(np.count_nonzero(nonfinite_per_record)),
-      nonfinite_pixels=int(nonfinite_per_record.sum()), out_of_bounds_objects=int(np.count_nonzero(beyond_per_record)),
-      out_of_bounds_pixels=int(beyond_per_record.sum()))
+      path=path, images=images, labels=labels, objID=objID, z=z, record=record, n_records=n,
+      nonfinite_objects=int(np.count_nonzero(nonfinite_per_record)), nonfinite_pixels=int(nonfinite_per_record.sum()),
+      out_of_bounds_objects=int(np.count_nonzero(beyond_per_record)), out_of_bounds_pixels=int(beyond_per_record.sum()))
 
 
 def iter_file_chunks(header: Header, kind: str, nan_policy: str = "zero",
@@ -440,7 +442,8 @@ class Tally:
         "max_records_per_file": self.max_records_per_file,
         "skip_bad_files": self.skip_bad_files,
         "n_bad_files": len(self.bad_files),
-        "bad_files": [{"path": str(b.path), "reason": b.reason} for b in sorted(self.bad_files, key=lambda b: str(b.path))],
+        "bad_files": [{"path": str(b.path), "reason": b.reason}
+                      for b in sorted(self.bad_files, key=lambda b: str(b.path))],
     }
     if self.kind == "labelled":
       summary["duplicates"] = {"policy": self.duplicates, "objects_dropped": self.duplicates_dropped}
