@@ -381,3 +381,17 @@ def test_large_files_are_read_in_chunks_with_the_same_result(tmp_path, monkeypat
   for name in ("images", "labels", "objID", "z", "record"):
     np.testing.assert_array_equal(np.concatenate([getattr(c, name) for c in chunks]), getattr(whole, name))
   assert formats.load_file(path, "labelled", "drop").images.tobytes() == whole.images.tobytes()
+
+
+def test_fortran_order_header_reads_the_same_records(tmp_path):
+  records = np.zeros(3, formats.LABELLED_DTYPE)
+  records["objID"], records["image"], records["class"], records["z"] = [4, 5, 6], _images(3, 4), "GALAXY", 0.2
+  path = tmp_path / "fortran.npy"
+  with open(path, "wb") as f:  # as a Fortran-order writer would: a 1-D array has the same bytes either way
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(records.dtype), "fortran_order": True, "shape": (3,)})
+    f.write(records.tobytes())
+  got = formats.load_file(path, "labelled")
+  np.testing.assert_array_equal(got.images, records["image"])
+  np.testing.assert_array_equal(got.objID, [4, 5, 6])
+  assert np.load(path, allow_pickle=False)["objID"].tolist() == [4, 5, 6]  # numpy agrees
