@@ -321,3 +321,15 @@ def test_a_second_packer_of_the_same_inputs_waits_for_the_first_and_reuses_its_s
   waiter.join(10)
   assert not waiter.is_alive() and result["packed"].root == cache / "stores" / key
   assert os.stat(result["packed"].root / "images.npy").st_mtime_ns == stamp  # reused, not packed again
+
+
+def test_a_lock_that_must_not_wait_names_its_holder(tmp_path):
+  lock = tmp_path / "run.lock"
+  with store.exclusive_lock(lock, "training in runs/a"):
+    with pytest.raises(store.LockHeldError, match=rf"run.lock is held by pid {os.getpid()} on host .*training in runs/a"):
+      with store.exclusive_lock(lock, "training again", wait=False):
+        pass
+    assert lock.exists()
+  assert not lock.exists()
+  with store.exclusive_lock(lock, "training", wait=False) as locked:  # free again
+    assert locked

@@ -2,7 +2,7 @@
 
 The study's 240k cutouts sit in 120k small files (about 20 GB): too many to open per batch and too
 big to hold in memory beside training. `pack_store` streams over them once, through the same
-validation as everything else (`formats.load_file`), and writes, under
+validation as everything else (`formats.Reader`), and writes, under
 `cache_dir/stores/<fingerprint>/`:
 
   images.npy   float32 (N, 5, 64, 64), opened later as a read-only memmap
@@ -231,20 +231,27 @@ def _release(path: Path, fd: int) -> None:
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
+class LockHeldError(RuntimeError):
+  """`exclusive_lock(..., wait=False)` found the lock held; the message names the holder."""
+
+
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, purpose: str,
-                   notify: Callable[[str], None] = _log.warning) -> Iterator[bool]:
+def exclusive_lock(path: str | os.PathLike, purpose: str, notify: Callable[[str], None] = _log.warning,
+                   wait: bool = True) -> Iterator[bool]:
   """Holds an exclusive advisory lock (flock) on the file `path` for the block; writes who holds it.
 
   A held lock means a live holder: the kernel drops it when the holder exits or is killed, so a free
-  lock proves abandoned whatever it guarded. Waits (telling `notify` who holds it) while another
-  process does. The file is removed on release. Yields True, or False on a filesystem without locks
-  (the block then runs unlocked, and callers must remove nothing as stale)."""
+  lock proves abandoned whatever it guarded. While another process holds it, waits (telling
+  `notify` who holds it), or with `wait=False` raises LockHeldError naming the holder. The file is
+  removed on release. Yields True, or False on a filesystem without locks (the block then runs
+  unlocked, and callers must remove nothing as stale)."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   told = []
 
   def waiting(fd: int) -> None:
+    if not wait:
+      raise LockHeldError(f"{path} is held by {_lock_holder(fd)}; not {purpose}")
     if not told:
       notify(f"waiting for {_lock_holder(fd)} to finish before {purpose} (lock {path})")
       told.append(True)
