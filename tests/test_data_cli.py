@@ -66,3 +66,37 @@ def test_bad_input_exits_2_naming_file_and_record(tmp_path):
   assert summary["n_objects"] == 4 and summary["nonfinite"]["action"] == "non-finite pixels set to 0"
   missing = _run("--labelled", tmp_path / "nowhere" / "*.npy")
   assert missing.returncode == 2 and "no .npy files match" in missing.stderr
+
+
+def _one_line_error(result, *words):
+  assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stderr)
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+  for word in words:
+    assert word in lines[0], lines[0]
+
+
+def test_edge_case_inputs_exit_2_with_one_line_naming_the_file(tmp_path):
+  empty = tmp_path / "empty.npy"
+  np.save(empty, np.zeros(0, formats.UNLABELLED_DTYPE), allow_pickle=False)
+  _one_line_error(_run("--unlabelled", empty), str(empty), "0 records")
+  ids = tmp_path / "lab"
+  ids.mkdir()
+  formats.write_labelled(ids / "a.npy", [1, 2], _images(2, 0), ["STAR", "GALAXY"], [0, 0])
+  formats.write_labelled(ids / "b.npy", [3, 1], _images(2, 1), ["STAR", "GALAXY"], [0, 0])
+  _one_line_error(_run("--labelled", ids), f"{ids / 'b.npy'}, record 1: objID 1 already in {ids / 'a.npy'}")
+  kept = _run("--labelled", ids, "--duplicates", "keep_first")
+  assert kept.returncode == 0, kept.stderr
+  assert json.loads(kept.stdout)["labelled"]["duplicates"] == {"policy": "keep_first", "objects_dropped": 1}
+  three = tmp_path / "three.npy"
+  formats.write_unlabelled(three, _images(3, 2))
+  _one_line_error(_run("--unlabelled", three, "--max-records-per-file", "2"), str(three), "limit of 2")
+  bright = tmp_path / "bright.npy"
+  images = _images(1, 3)
+  images[0, 2, 9, 9] = 1e30
+  formats.write_unlabelled(bright, images)
+  summary = json.loads(_run("--unlabelled", bright).stdout)["unlabelled"]
+  assert summary["out_of_bounds"]["pixels"] == 1 and summary["nonfinite"]["pixels"] == 0
+  assert json.loads(_run("--unlabelled", bright, "--pixel-bounds=-1e31,1e31").stdout)[
+      "unlabelled"]["out_of_bounds"]["pixels"] == 0
+  _one_line_error(_run("--unlabelled", bright, "--nan-policy", "raise"), f"{bright}, record 0", "outside")

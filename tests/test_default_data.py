@@ -1,11 +1,16 @@
 """Tests for stargal_jax.default_data: generated once into the cache, then reused."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from stargal_jax import default_data
+from stargal_jax.data import store
 from stargal_jax.simulate import SIM_VERSION
 
 
@@ -32,12 +37,63 @@ def test_generates_once_then_reuses(tmp_path, monkeypatch, capsys):
     default_data.ensure_default_data(tmp_path, n_labelled=9, n_unlabelled=4, seed=6, workers=1)
 
 
-def test_incomplete_folder_is_not_taken_for_data(tmp_path):
+def _hidden(sim):
+  return sorted(p.name for p in sim.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("damage", ["no manifest", "corrupt manifest", "missing file", "empty folder"])
+def test_a_partial_set_is_regenerated_with_a_message(tmp_path, capsys, damage):
   root = tmp_path / "sim" / default_data.dataset_name(3, 2, 1)
-  (root / "labelled").mkdir(parents=True)
-  with pytest.raises(RuntimeError, match="no complete data set"):
-    default_data.ensure_default_data(tmp_path, n_labelled=3, n_unlabelled=2, seed=1, workers=1)
-  (root / "labelled").rmdir()  # an empty folder (e.g. made by hand) is simply filled
+  if damage == "empty folder":
+    root.mkdir(parents=True)
+  else:
+    first = default_data.ensure_default_data(tmp_path, n_labelled=3, n_unlabelled=2, seed=1, workers=1)
+    expected = {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    {"no manifest": lambda: (root / "manifest.json").unlink(),
+     "corrupt manifest": lambda: (root / "manifest.json").write_text('{"version": '),
+     "missing file": lambda: next(first.unlabelled_dir.glob("*.npy")).unlink()}[damage]()
+  capsys.readouterr()
   data = default_data.ensure_default_data(tmp_path, n_labelled=3, n_unlabelled=2, seed=1, workers=1)
+  err = capsys.readouterr().err
+  assert data.root == root and "simulating" in err
+  if damage != "empty folder":
+    assert "incomplete" in err and "regenerating" in err and str(root) in err
+    assert {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == expected
   manifest = json.loads((data.root / "manifest.json").read_text())
   assert manifest["n_labelled"] == 3 and manifest["n_unlabelled"] == 2 and manifest["seed"] == 1
+  assert _hidden(tmp_path / "sim") == []  # nothing left beside the set
+
+
+def test_temp_folders_of_a_killed_simulation_are_removed_on_the_next_start(tmp_path, capsys):
+  sim = tmp_path / "sim"
+  script = ("import sys; from stargal_jax import default_data; "
+            "default_data.ensure_default_data(sys.argv[1], n_labelled=400, n_unlabelled=400, seed=3, workers=1)")
+  writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 120
+    while not (sim.is_dir() and any(sim.rglob("*.npy"))):  # a part of the set is on disk
+      assert writer.poll() is None and time.monotonic() < deadline, "the writer ended before writing"
+      time.sleep(0.05)
+  finally:
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+  assert _hidden(sim) != [] and not (sim / default_data.dataset_name(400, 400, 3)).exists()
+  capsys.readouterr()
+  default_data.ensure_default_data(tmp_path, n_labelled=2, n_unlabelled=1, seed=1, workers=1)
+  err = capsys.readouterr().err
+  assert _hidden(sim) == [], _hidden(sim)
+  assert "removed" in err and "killed" in err and default_data.dataset_name(400, 400, 3) in err
+
+
+def test_a_live_writers_temp_folders_are_kept(tmp_path):
+  sim = tmp_path / "sim"
+  live, dead = default_data.dataset_name(5, 5, 8), default_data.dataset_name(5, 5, 9)
+  folders = [sim / f".building-{live}@a1", sim / f".{live}.tmp-abc",  # a live writer's (its lock is held)
+             sim / f".building-{dead}@b2", sim / f".{dead}.tmp-xyz"]  # a killed writer's
+  for folder in folders:
+    (folder / "labelled").mkdir(parents=True)
+  with store.exclusive_lock(default_data.lock_path(tmp_path, live), "simulating") as locked:
+    assert locked
+    default_data.ensure_default_data(tmp_path, n_labelled=2, n_unlabelled=1, seed=1, workers=1)
+    assert [f.exists() for f in folders] == [True, True, False, False]
+  assert _hidden(sim) == sorted(f.name for f in folders[:2])  # lock files are removed on release

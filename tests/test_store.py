@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -169,3 +171,165 @@ def test_iter_batches_yields_the_batch_order_and_its_images(unlabelled_store, re
   for (indices, images), want in zip(got, expected):
     np.testing.assert_array_equal(indices, want)
     np.testing.assert_array_equal(images, np.asarray(packed.images)[want])
+
+
+# --- Input edge cases (issue 14): the packer agrees with summarize, and a refused pack leaves nothing. ---
+
+
+def test_zero_record_file_refused_by_name_or_skipped_and_listed(labelled_dir, tmp_path):
+  directory, originals = labelled_dir
+  empty = directory / "bb.npy"
+  np.save(empty, np.zeros(0, formats.LABELLED_DTYPE), allow_pickle=False)
+  cache = tmp_path / "cache"
+  with pytest.raises(DataFormatError, match=r"bb.npy: .*0 records"):
+    store.pack_store(directory, "labelled", cache)
+  assert list((cache / "stores").iterdir()) == []
+  packed = store.pack_store(directory, "labelled", cache, skip_bad_files=True)
+  assert len(packed) == 6 and [b["path"] for b in packed.summary["bad_files"]] == [str(empty)]
+  assert packed.summary == {**formats.summarize(formats.resolve_paths(directory), "labelled", skip_bad_files=True),
+                            **{k: packed.summary[k] for k in ("format_version", "image_shape", "pack_seconds",
+                                                              "fingerprint")}}
+
+
+def test_header_over_the_record_limit_refused_before_any_allocation(labelled_dir, tmp_path, monkeypatch):
+  directory, _ = labelled_dir
+  huge = directory / "huge.npy"
+  n = 200_000  # a sparse 16.4 GB file whose size matches its header
+  with open(huge, "wb") as f:
+    np.lib.format.write_array_header_2_0(
+        f, {"descr": np.lib.format.dtype_to_descr(formats.LABELLED_DTYPE), "fortran_order": False, "shape": (n,)})
+    f.truncate(f.tell() + n * formats.LABELLED_DTYPE.itemsize)
+  real_open_memmap = np.lib.format.open_memmap
+
+  def bounded_open_memmap(path, mode="r", dtype=None, shape=None, **kwargs):
+    assert shape is None or shape[0] <= 6, f"images file sized for {shape[0]} records"
+    return real_open_memmap(path, mode=mode, dtype=dtype, shape=shape, **kwargs)
+
+  monkeypatch.setattr(np.lib.format, "open_memmap", bounded_open_memmap)
+  cache = tmp_path / "cache"
+  with pytest.raises(DataFormatError, match=rf"huge.npy: .*{n} records, over the limit of 100000"):
+    store.pack_store(directory, "labelled", cache)
+  packed = store.pack_store(directory, "labelled", cache, skip_bad_files=True)
+  assert len(packed) == 6 and packed.summary["bad_files"][0]["path"] == str(huge)
+  assert packed.summary["max_records_per_file"] == formats.MAX_RECORDS_PER_FILE
+
+
+def test_objid_beyond_int64_refused_by_the_packer(tmp_path):
+  records = np.zeros(2, [("objID", "<u8"), ("image", "<f4", formats.IMAGE_SHAPE), ("class", "<U6"), ("z", "<f8")])
+  records["objID"], records["class"] = [1, 2 ** 64 - 1], ["STAR", "GALAXY"]
+  np.save(tmp_path / "ids.npy", records, allow_pickle=False)
+  with pytest.raises(DataFormatError, match=rf"ids.npy, record 1: objID {2 ** 64 - 1} is outside int64"):
+    store.pack_store(tmp_path, "labelled", tmp_path / "cache")
+
+
+def test_duplicate_objids_across_files_refused_or_kept_once(labelled_dir, tmp_path):
+  directory, originals = labelled_dir  # objIDs: a.npy 100-102, b.npy 200, c.npy 0-1
+  formats.write_labelled(directory / "d.npy", [7, 101, 8], _images(3, 9), ["QSO", "STAR", "GALAXY"], [1, 1, 1])
+  cache = tmp_path / "cache"
+  with pytest.raises(DataFormatError, match=rf"d.npy, record 1: objID 101 already in {directory / 'a.npy'}, record 1"):
+    store.pack_store(directory, "labelled", cache)
+  assert list((cache / "stores").iterdir()) == []
+  packed = store.pack_store(directory, "labelled", cache, duplicates="keep_first")
+  assert len(packed) == 8 and packed.summary["duplicates"] == {"policy": "keep_first", "objects_dropped": 1}
+  np.testing.assert_array_equal(packed.index["objID"], [100, 101, 102, 200, 0, 1, 7, 8])
+  np.testing.assert_array_equal(packed.index["record"][-2:], [0, 2])
+  np.testing.assert_array_equal(packed.images[-2:], _images(3, 9)[[0, 2]])
+  assert len(np.unique(packed.index["objID"])) == len(packed)
+
+
+def test_impossible_pixels_zeroed_or_dropped_and_reported_apart_from_nonfinite(tmp_path):
+  images = _images(4, 0)
+  images[0, 1, 2, 3] = 1e30
+  images[2, 0, 0, 0] = -5e3
+  images[1, 4, 4, 4] = np.nan
+  formats.write_unlabelled(tmp_path / "u.npy", images)
+  zeroed = store.pack_store(tmp_path, "unlabelled", tmp_path / "cache")
+  assert zeroed.summary["out_of_bounds"]["pixels"] == 2 and zeroed.summary["out_of_bounds"]["objects"] == 2
+  assert zeroed.summary["nonfinite"]["pixels"] == 1 and zeroed.summary["nonfinite"]["objects"] == 1
+  expected = images.copy()
+  expected[0, 1, 2, 3] = expected[2, 0, 0, 0] = expected[1, 4, 4, 4] = 0.0
+  np.testing.assert_array_equal(zeroed.images, expected)
+  dropped = store.pack_store(tmp_path, "unlabelled", tmp_path / "cache", nan_policy="drop")
+  assert dropped.index["record"].tolist() == [3]
+  np.testing.assert_array_equal(dropped.images, images[3:])
+  with pytest.raises(DataFormatError, match=r"u.npy, record 0: 1 pixels outside"):
+    store.pack_store(tmp_path, "unlabelled", tmp_path / "cache", nan_policy="raise")
+
+
+def test_big_files_pack_in_chunks_and_a_bad_late_chunk_retracts_its_file(labelled_dir, tmp_path, monkeypatch):
+  directory, originals = labelled_dir
+  monkeypatch.setattr(formats, "CHUNK_RECORDS", 2)
+  cache = tmp_path / "cache"
+  packed = store.pack_store(directory, "labelled", cache)
+  names = sorted(originals)
+  np.testing.assert_array_equal(packed.images, np.concatenate([originals[n][0] for n in names]))
+  np.testing.assert_array_equal(packed.index["record"], [0, 1, 2, 0, 0, 1])
+  # A file whose third record (in its second chunk) is bad, packed before good files: it is retracted whole.
+  formats.write_labelled(directory / "0bad.npy", [900, 901, 902], _images(3, 7), ["STAR", "STAR", "COMET"], [0] * 3)
+  skipped = store.pack_store(directory, "labelled", cache, skip_bad_files=True)
+  assert [b["path"] for b in skipped.summary["bad_files"]] == [str(directory / "0bad.npy")]
+  np.testing.assert_array_equal(skipped.images, packed.images)
+  np.testing.assert_array_equal(skipped.index["objID"], packed.index["objID"])
+  assert skipped.summary["n_records"] == 6 and skipped.files[skipped.index["file"][0]].endswith("a.npy")
+
+
+def test_suspect_rows_name_the_file_and_record_of_the_most_extreme_images(labelled_dir, tmp_path):
+  directory, originals = labelled_dir
+  images = _images(2, 3)
+  images[1, 2, 10, 10] = 9e5  # in bounds, so packed, but the most extreme of the batch
+  formats.write_labelled(directory / "d.npy", [50, 51], images, ["STAR", "GALAXY"], [0, 0])
+  packed = store.pack_store(directory, "labelled", tmp_path / "cache")
+  batch = np.array([0, 7, 4, 6])
+  rows = packed.suspect_rows(batch, top=2)
+  assert [r["index"] for r in rows] == [7, int(batch[np.argsort(-np.abs(packed.read(batch)).reshape(4, -1).max(1))[1]])]
+  assert rows[0] == {"index": 7, "file": str(directory / "d.npy"), "record": 1, "objID": 51,
+                     "max_abs_pixel": 9e5, "nonfinite_pixels": 0}
+  text = store.describe_rows(rows)
+  assert f"{directory / 'd.npy'}, record 1 (objID 51): max |pixel| 9e+05" in text
+
+
+def test_build_directories_of_killed_packs_are_removed_but_not_a_live_packers(labelled_dir, tmp_path, caplog):
+  directory, _ = labelled_dir
+  stores = tmp_path / "cache" / "stores"
+  key = store.fingerprint(formats.resolve_paths(directory), "labelled", "zero", False)
+  own, dead, live = (stores / f".partial-{k}-x" for k in (key, "0" * 24, "1" * 24))
+  for folder in (own, dead, live):
+    folder.mkdir(parents=True)
+    (folder / "images.npy").write_bytes(b"partial")
+  with store.exclusive_lock(stores / f".{'1' * 24}.lock", "packing a store") as locked:  # a live packer
+    assert locked
+    packed = store.pack_store(directory, "labelled", tmp_path / "cache")
+    assert not own.exists() and not dead.exists() and live.exists()
+  assert packed.root.name == key and "left by a killed pack" in caplog.text
+  assert sorted(p.name for p in stores.iterdir()) == sorted([key, live.name])  # lock files removed on release
+
+
+def test_a_second_packer_of_the_same_inputs_waits_for_the_first_and_reuses_its_store(labelled_dir, tmp_path, caplog):
+  directory, _ = labelled_dir
+  cache = tmp_path / "cache"
+  key = store.fingerprint(formats.resolve_paths(directory), "labelled", "zero", False)
+  result = {}
+  with store.exclusive_lock(cache / "stores" / f".{key}.lock", "packing the same store"):
+    waiter = threading.Thread(target=lambda: result.update(packed=store.pack_store(directory, "labelled", cache)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not (cache / "stores" / key).exists()  # waiting, not packing
+    assert f"waiting for pid {os.getpid()}" in caplog.text and "packing the same store" in caplog.text
+    # The holder finishes the same store meanwhile (as a concurrent packer would).
+    shutil.copytree(store.pack_store(directory, "labelled", tmp_path / "other").root, cache / "stores" / key)
+    stamp = os.stat(cache / "stores" / key / "images.npy").st_mtime_ns
+  waiter.join(10)
+  assert not waiter.is_alive() and result["packed"].root == cache / "stores" / key
+  assert os.stat(result["packed"].root / "images.npy").st_mtime_ns == stamp  # reused, not packed again
+
+
+def test_a_lock_that_must_not_wait_names_its_holder(tmp_path):
+  lock = tmp_path / "run.lock"
+  with store.exclusive_lock(lock, "training in runs/a"):
+    with pytest.raises(store.LockHeldError, match=rf"run.lock is held by pid {os.getpid()} on host .*training in runs/a"):
+      with store.exclusive_lock(lock, "training again", wait=False):
+        pass
+    assert lock.exists()
+  assert not lock.exists()
+  with store.exclusive_lock(lock, "training", wait=False) as locked:  # free again
+    assert locked
