@@ -62,6 +62,7 @@ MAX_SHIFT_PX = 1.5  # the centre may move this far from the detected centre
 MIN_RADIUS_PX, MAX_RADIUS_PX = 0.05, 30.0
 MAX_ETA = 3.0  # |eta| = ln(1 / q): axis ratio q >= 0.05
 N_LM_STEPS = 8
+N_PSF_LM_STEPS = 6  # the PSF fit has only the centre shift to find
 START_RADII_PX = (0.4, 1.0, 2.0, 4.0, 8.0)
 NEIGHBOUR_THRESHOLD_SIGMA = 3.0  # of the 1-px-smoothed image's noise
 BLOCK_SIZE = 16  # objects per compiled call: one compilation serves sets of any size; small blocks stay in cache
@@ -330,7 +331,7 @@ def _fit_one(data, weight, psf_amps, psf_covs, yy, xx):
   def psf_residual(shift):
     return _profiled_fit(psf_template(shift), data, weight)[1]
 
-  shift, chi2_psf = _levenberg_marquardt(psf_residual, jnp.zeros(2, dtype), 6,
+  shift, chi2_psf = _levenberg_marquardt(psf_residual, jnp.zeros(2, dtype), N_PSF_LM_STEPS,
                                          lambda s: jnp.clip(s, -MAX_SHIFT_PX, MAX_SHIFT_PX))
   psf_image = psf_template(shift)
   psf_flux, _ = _profiled_fit(psf_image, data, weight)

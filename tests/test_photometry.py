@@ -193,9 +193,10 @@ def test_batch_equals_single_and_jit_equals_eager(galsim_galaxies, kolmogorov, m
   rows = slice(SIZE // 2 - fit_box // 2, SIZE // 2 + fit_box // 2)
   data = (pixels[0, rows, rows] / sigma[0]).ravel().astype(np.float32)
   weight = np.ones_like(data)
-  # Eager execution dispatches every operation from Python: a shorter fit (2 LM steps, 2 starts) keeps it fast.
-  monkeypatch.setattr(photometry, "N_LM_STEPS", 2)
-  monkeypatch.setattr(photometry, "START_RADII_PX", (1.0, 3.0))
+  # Eager execution dispatches every operation from Python: a shorter fit (1 LM step each, 1 start) keeps it fast.
+  monkeypatch.setattr(photometry, "N_LM_STEPS", 1)
+  monkeypatch.setattr(photometry, "N_PSF_LM_STEPS", 1)
+  monkeypatch.setattr(photometry, "START_RADII_PX", (2.0,))
   fn = photometry._compiled_fit.__wrapped__(SIZE, SIZE, fit_box)
   args = (data[None], weight[None], np.asarray(mixture.amplitudes, np.float32)[None],
           np.asarray(mixture.covariances, np.float32)[None])
