@@ -2,9 +2,11 @@
 
 Baselines (`morphology.classical_baseline_scores`, r band, larger = more extended): concentration,
 psf_minus_extended (Gaussian matched filter vs 7.4" aperture), sdss_psf_minus_cmodel (PSF / deV / exp model
-fits, `photometry`) and psf_extension_significance (its S/N-aware version). Variants measured beside them (not
-in the runs): g+r+i combinations of the two model criteria, and the simulator's per-object truth PSF instead
-of the set's stacked PSF (an oracle: how much one PSF per set costs).
+fits, `photometry`) and sdss_psf_minus_cmodel_significance (its S/N-aware version). Variants measured beside
+them (not in the runs): g+r+i combinations of the two model criteria, the linear extension significance
+(`photometry.extension_significance`), and the simulator's per-object truth PSF instead of the set's stacked
+PSF (an oracle: how much one PSF per set costs). Also the fraction of stars and galaxies each cut calls
+extended per r bin (psf-cModel > 0.145, significance > 3).
 
 Data:
   (a) the project's default simulated set (5,000 labelled, seed 2017), labels from the labelled files' class;
@@ -91,19 +93,32 @@ def band_fits(images: np.ndarray, bands, psfs: dict | None = None) -> dict[int, 
   """Model fits per band with the set's own PSF per band (or the given per-band PSFs)."""
   out = {}
   for band in bands:
-    psf = psfs[band] if psfs else photometry.estimate_psf_model(images, band).mixture
+    if psfs:
+      psf = psfs[band]
+    else:
+      try:
+        psf = photometry.estimate_psf_model(images, band).mixture
+      except ValueError as error:  # as morphology.sdss_model_criteria: a Gaussian of the locus width
+        print(f"band {band}: {error}; Gaussian PSF", flush=True)
+        psf = photometry.gaussian_psf_mixture(morphology.estimate_psf(images, band).fwhm_px)
     out[band] = photometry.fit_models(images, psf, band)
   return out
 
 
-def combined_criteria(fits: dict[int, photometry.ModelFits], bands) -> dict[str, np.ndarray]:
-  """g+r+i: psf - cModel of the summed fluxes (a gri coadd's), and the Stouffer sum of the significances."""
-  psf_flux = sum(fits[b].psf_flux for b in bands)
-  cmodel_flux = sum(fits[b].cmodel_flux for b in bands)
+def significance(fits: photometry.ModelFits) -> np.ndarray:
+  """psf_cmodel_significance with the set's own label-free stellar locus (as photometry.sdss_criteria)."""
+  difference = photometry.psf_minus_cmodel(fits)
   with np.errstate(divide="ignore", invalid="ignore"):
-    ratio = np.where((psf_flux > 0) & (cmodel_flux > 0), psf_flux / cmodel_flux, np.nan)
-  z = sum(photometry.extension_significance(fits[b]) for b in bands) / np.sqrt(len(bands))
-  return {"psf_minus_cmodel": -2.5 * np.log10(ratio), "extension_significance": z}
+    locus = photometry.stellar_locus(difference, fits.cmodel_flux / fits.psf_flux_err)
+  return photometry.psf_cmodel_significance(fits, *locus)
+
+
+def combined_criteria(fits: dict[int, photometry.ModelFits], bands) -> dict[str, np.ndarray]:
+  """g+r+i: the criteria of the summed fluxes (a gri coadd's; errors added in quadrature)."""
+  total = lambda field: sum(getattr(fits[b], field) for b in bands)
+  combined = fits[bands[0]]._replace(psf_flux=total("psf_flux"), cmodel_flux=total("cmodel_flux"),
+                                     psf_flux_err=np.sqrt(sum(fits[b].psf_flux_err ** 2 for b in bands)))
+  return {"psf_minus_cmodel": photometry.psf_minus_cmodel(combined), "significance": significance(combined)}
 
 
 def fill(values: np.ndarray) -> np.ndarray:
@@ -138,14 +153,17 @@ def simulated_study(name: str, root: Path) -> dict:
   fits = band_fits(images, GRI)
   gri = combined_criteria(fits, GRI)
   variants["sdss_psf_minus_cmodel (g+r+i)"] = fill(gri["psf_minus_cmodel"])
-  variants["psf_extension_significance (g+r+i)"] = fill(gri["extension_significance"])
-  variants["sdss_psf_minus_cmodel (r, set PSF, one fit)"] = fill(photometry.psf_minus_cmodel(fits[2]))
+  variants["sdss_psf_minus_cmodel_significance (g+r+i)"] = fill(gri["significance"])
+  variants["sdss_psf_minus_cmodel (r, one PSF for the whole set)"] = fill(photometry.psf_minus_cmodel(fits[2]))
+  variants["linear extension significance (r)"] = fill(photometry.extension_significance(fits[2]))
   result = {"n": len(images), "counts": counts, "seconds_wall": wall, "seconds_cpu": cpu}
   if truth is not None:
     psf = truth_psf_mixtures(truth["psf_fwhm_arcsec"][:, 2])
     truth_fits = photometry.fit_models(images, psf, 2)
     variants["sdss_psf_minus_cmodel (r, truth PSF, oracle)"] = fill(photometry.psf_minus_cmodel(truth_fits))
-    variants["psf_extension_significance (r, truth PSF, oracle)"] = fill(photometry.extension_significance(truth_fits))
+    variants["sdss_psf_minus_cmodel_significance (r, truth PSF, oracle)"] = fill(significance(truth_fits))
+    variants["linear extension significance (r, truth PSF, oracle)"] = fill(
+        photometry.extension_significance(truth_fits))
   table = auc_table(is_galaxy, r_mag, variants)
   print(markdown_auc(table, counts), flush=True)
   difference = scores["sdss_psf_minus_cmodel"]
@@ -155,6 +173,19 @@ def simulated_study(name: str, root: Path) -> dict:
                          "galaxy_called_extended": float((difference[is_galaxy] > 0.145).mean())}
   print(f"stars r<19: psf-cModel locus width (1.4826 MAD) {result['star_locus_width_r<19']:.3f} mag; "
         f"cut 0.145: {result['cut_0.145']}", flush=True)
+  calls = {}
+  lines = ["| r bin | stars called extended: psf-cModel > 0.145 | significance > 3 | galaxies called extended: "
+           "psf-cModel > 0.145 | significance > 3 |", "|---|---|---|---|---|"]
+  for lo, hi, label in R_BINS:
+    sel = (r_mag >= lo) & (r_mag < hi)
+    dm_cut = scores["sdss_psf_minus_cmodel"] > photometry.SDSS_EXTENDED_CUT_MAG
+    t_cut = scores["sdss_psf_minus_cmodel_significance"] > SIGNIFICANCE_CUT
+    rates = [float(cut[sel & mask].mean()) if (sel & mask).any() else float("nan")
+             for mask in (~is_galaxy, is_galaxy) for cut in (dm_cut, t_cut)]
+    calls[label] = rates
+    lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in rates) + " |")
+  print("\n".join(lines), flush=True)
+  result["calls"] = calls
   result["auc"] = table
   return result
 

@@ -18,6 +18,7 @@ Arrays are processed in chunks so that memory-mapped data sets of any size can b
 
 import functools
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -299,7 +300,7 @@ def extendedness(images, psf_fwhm_px: float | None = None,
 
 def sdss_model_criteria(images, psf_fwhm_px: float | None = None,
                         psf: "photometry.GaussianMixture | None" = None) -> dict[str, np.ndarray]:
-  """r-band model-fit criteria (`photometry`): psfMag - cModelMag and its N(0, 1)-null extension significance.
+  """r-band model-fit criteria (`photometry.sdss_criteria`): psfMag - cModelMag and its S/N-aware significance.
 
   The PSF: `psf` when given (shared or per object), else the set's own stacked stars
   (`photometry.estimate_psf_model`, stellar locus at `psf_fwhm_px` when given), else, for sets with fewer than
@@ -308,7 +309,8 @@ def sdss_model_criteria(images, psf_fwhm_px: float | None = None,
   if psf is None:
     try:
       psf = photometry.estimate_psf_model(images, R_BAND, psf_fwhm_px).mixture
-    except ValueError:
+    except ValueError as error:
+      warnings.warn(f"{error}; using a Gaussian PSF", stacklevel=2)
       fwhm = psf_fwhm_px if psf_fwhm_px is not None else estimate_psf(images, R_BAND).fwhm_px
       psf = photometry.gaussian_psf_mixture(fwhm)
   return photometry.sdss_criteria(images, R_BAND, psf)
@@ -322,14 +324,14 @@ def classical_baseline_scores(images, psf_fwhm_px: float | None = None,
   `concentration` is minus the r-band concentration_index; `psf_minus_extended` is the r-band
   psfMag - extendedMag (Gaussian matched filter against the 7.4" aperture); `sdss_psf_minus_cmodel` is SDSS's
   own criterion psfMag - cModelMag from PSF, deV and exp model fits (> 0.145: extended); and
-  `psf_extension_significance` is the S/N-aware version, the extension's amplitude in units of its noise
-  (N(0, 1) for point sources at every magnitude; see `photometry.extension_significance`). Undefined values
-  (no measurable flux) take the median score.
+  `sdss_psf_minus_cmodel_significance` is its S/N-aware version, the difference in units of its uncertainty
+  (noise and the set's stellar-locus width; ~0 with unit spread for point sources at every magnitude; see
+  `photometry.psf_cmodel_significance`). Undefined values (no measurable flux) take the median score.
   """
   model_criteria = sdss_model_criteria(images, psf_fwhm_px, psf)
   return {
       "concentration": _fill_with_median(-concentration_index(images, R_BAND)),
       "psf_minus_extended": extendedness(images, psf_fwhm_px, aperture_correction_mag),
       "sdss_psf_minus_cmodel": _fill_with_median(model_criteria["psf_minus_cmodel"]),
-      "psf_extension_significance": _fill_with_median(model_criteria["extension_significance"]),
+      "sdss_psf_minus_cmodel_significance": _fill_with_median(model_criteria["psf_cmodel_significance"]),
   }

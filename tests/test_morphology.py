@@ -153,7 +153,8 @@ def test_sdss_model_criteria_need_no_aperture_correction():
   difference = scores["sdss_psf_minus_cmodel"]
   assert np.abs(difference[:15]).max() < 0.03
   assert difference[15:].min() > morphology.SDSS_EXTENDED_CUT_MAG
-  assert scores["psf_extension_significance"][15:].min() > scores["psf_extension_significance"][:15].max()
+  significance = scores["sdss_psf_minus_cmodel_significance"]
+  assert significance[15:].min() > significance[:15].max()
   # A given PSF (here the true one, as a two-component mixture) goes through the same fits.
   truth = photometry.GaussianMixture(np.array([0.85, 0.15]), np.array([2.25 * np.eye(2), 16.0 * np.eye(2)]))
   given = morphology.sdss_model_criteria(images, psf=truth)

@@ -142,22 +142,31 @@ def test_noisy_galsim_points_sit_on_the_locus(kolmogorov):
   assert np.quantile(difference, 0.9) < photometry.SDSS_EXTENDED_CUT_MAG
 
 
-@pytest.mark.parametrize("snr", [10.0, 30.0, 100.0])
-def test_extension_significance_is_unit_normal_for_point_sources(snr):
-  # Exact null: point sources drawn with the fitting PSF itself, white noise of known sigma.
+@pytest.mark.parametrize("snr", [20.0, 50.0, 200.0])
+def test_significances_have_their_stated_null_for_point_sources(snr):
+  # Point sources drawn with the fitting PSF itself, white noise of known sigma; seeds other than those of the
+  # Monte Carlo that set NULL_OFFSET and NULL_SCALE.
   mixture = photometry.GaussianMixture(np.array([0.7, 0.25, 0.05]),
                                        np.array([2.2 * np.eye(2), [[5.0, 0.4], [0.4, 6.0]], 25.0 * np.eye(2)]))
   psf = photometry.mixture_image(mixture)
   sigma = 0.01
   flux = snr * sigma / math.sqrt((psf ** 2).sum())  # matched-filter S/N
-  rng = np.random.default_rng(int(snr))
+  rng = np.random.default_rng(1000 + int(snr))
   n = 240
   stamps = flux * psf[None] + rng.normal(0, sigma, (n, SIZE, SIZE))
-  z = photometry.extension_significance(photometry.fit_models(five_bands(stamps), mixture,
-                                                              mask_neighbours=False))
-  # Monte Carlo: the mean has standard error 1 / sqrt(240) = 0.065, the std about 0.046.
+  fits = photometry.fit_models(five_bands(stamps), mixture, mask_neighbours=False)
+  # The linear test: exactly N(0, 1); Monte Carlo standard errors 0.065 (mean) and 0.046 (std).
+  z = photometry.extension_significance(fits)
   assert abs(np.mean(z)) < 0.25
   assert np.std(z) == pytest.approx(1.0, abs=0.15)
+  # The psf - cModel significance (no locus floor): median ~0, robust spread ~1.
+  t = photometry.psf_cmodel_significance(fits)
+  assert abs(np.median(t)) < 0.3
+  assert 1.4826 * np.median(np.abs(t - np.median(t))) == pytest.approx(1.0, abs=0.3)
+  # The sigma_m it uses is the PSF-flux noise of a point source, with the noise measured per cutout (MAD of
+  # ~1,000 outer pixels: a few % scatter): its median against the closed form sigma / sqrt(sum P^2).
+  expected = sigma / math.sqrt((psf[16:48, 16:48] ** 2).sum())
+  assert np.median(fits.psf_flux_err) == pytest.approx(expected, rel=0.02)
 
 
 def test_extension_significance_grows_with_size_and_snr():
