@@ -165,7 +165,8 @@ def test_significances_have_their_stated_null_for_point_sources(snr):
   assert 1.4826 * np.median(np.abs(t - np.median(t))) == pytest.approx(1.0, abs=0.3)
   # The sigma_m it uses is the PSF-flux noise of a point source, with the noise measured per cutout (MAD of
   # ~1,000 outer pixels: a few % scatter): its median against the closed form sigma / sqrt(sum P^2).
-  expected = sigma / math.sqrt((psf[16:48, 16:48] ** 2).sum())
+  box = slice(SIZE // 2 - photometry.FIT_BOX // 2, SIZE // 2 + photometry.FIT_BOX // 2)
+  expected = sigma / math.sqrt((psf[box, box] ** 2).sum())
   assert np.median(fits.psf_flux_err) == pytest.approx(expected, rel=0.02)
 
 
