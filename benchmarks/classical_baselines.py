@@ -16,7 +16,7 @@ Data:
       agreement with the concentration index by magnitude, and the stellar-locus width of psfMag - cModelMag.
 Choices (r alone or g+r+i) are made on (a) and reported on (b) and (c).
 
-  python benchmarks/classical_baselines.py [--out /tmp/classical_baselines] [--skip-real] [--max-per-field 1500]
+  python benchmarks/classical_baselines.py [--out /tmp/classical_baselines] [--skip-real | --skip-sim] [--max-per-field 1500]
 """
 
 from __future__ import annotations
@@ -217,8 +217,8 @@ def real_study(max_per_field: int, seed: int) -> dict:
     fits = photometry.fit_models(images, model.mixture, 2)
     fits_var = photometry.fit_models(images, model.mixture, 2, variance=np.square(noise[:, 2].astype(np.float64)))
     rows.append({"field": name, "r_mag": r_mag, "conc": -morphology.concentration_index(images),
-                 "dm": photometry.psf_minus_cmodel(fits), "z": photometry.extension_significance(fits),
-                 "z_var": photometry.extension_significance(fits_var), "fwhm": model.fwhm_px * PIXEL_SCALE_ARCSEC,
+                 "dm": photometry.psf_minus_cmodel(fits), "z": significance(fits),
+                 "z_var": significance(fits_var), "fwhm": model.fwhm_px * PIXEL_SCALE_ARCSEC,
                  "n_stars": model.n_stars})
     print(f"{name}: PSF FWHM {model.fwhm_px * PIXEL_SCALE_ARCSEC:.2f}\" from {model.n_stars} stars", flush=True)
   pooled = np.concatenate([images for _, images, _ in fields])
@@ -227,15 +227,15 @@ def real_study(max_per_field: int, seed: int) -> dict:
   r_mag, conc, dm, z, z_var = cat("r_mag"), cat("conc"), cat("dm"), cat("z"), cat("z_var")
   result = {"fields": {row["field"]: {"n": int(len(row["r_mag"])), "psf_fwhm_arcsec": row["fwhm"],
                                        "n_psf_stars": row["n_stars"]} for row in rows}}
-  lines = ["| r bin | n | extended (psf-cModel > 0.145, per-field PSF) | extended (z > 3) | "
-           "extended (z > 3, with noise maps) | extended (psf-cModel > 0.145, pooled-set PSF) | "
+  lines = ["| r bin | n | extended (psf-cModel > 0.145, per-field PSF) | extended (significance > 3) | "
+           "extended (significance > 3, noise-map weights) | extended (psf-cModel > 0.145, pooled-set PSF) | "
            "Spearman(psf-cModel, concentration) | agreement with concentration's split |",
            "|---|---|---|---|---|---|---|---|"]
   bins = ((-np.inf, 18.0, "r<18"),) + ((18.0, 19.0, "18-19"),) + R_BINS[1:]
   pooled_dm = pooled_scores["sdss_psf_minus_cmodel"]
   result["bins"] = {}
   for lo, hi, label in bins:
-    sel = (r_mag >= lo) & (r_mag < hi) & np.isfinite(dm)
+    sel = (r_mag >= lo) & (r_mag < hi) & np.isfinite(dm) & np.isfinite(conc)
     if sel.sum() < 10:
       continue
     extended = dm[sel] > photometry.SDSS_EXTENDED_CUT_MAG
@@ -278,21 +278,21 @@ def main() -> None:
   parser.add_argument("--out", default="/tmp/classical_baselines")
   parser.add_argument("--hard-dir", default="/tmp/hard")
   parser.add_argument("--skip-real", action="store_true")
-  parser.add_argument("--skip-default", action="store_true")
+  parser.add_argument("--skip-sim", action="store_true", help="only the real frames (c)")
   parser.add_argument("--max-per-field", type=int, default=1500)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results = {"machine": f"{os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d")}
-  if not args.skip_default:
+  if not args.skip_sim:
     data = default_data.ensure_default_data(paths.cache_dir(""), n_labelled=5000, n_unlabelled=10000, seed=2017)
     results["default"] = simulated_study("a", data.root)
-  hard = Path(args.hard_dir)
-  if not (hard / "manifest.json").is_file():
-    from stargal_jax.simulate import SimParams, simulate_dataset
-    simulate_dataset(hard, 3000, 10, 7, workers=1, params=SimParams(**HARD_PARAMS))
-  results["hard"] = simulated_study("b", hard)
+    hard = Path(args.hard_dir)
+    if not (hard / "manifest.json").is_file():
+      from stargal_jax.simulate import SimParams, simulate_dataset
+      simulate_dataset(hard, 3000, 10, 7, workers=1, params=SimParams(**HARD_PARAMS))
+    results["hard"] = simulated_study("b", hard)
   if not args.skip_real:
     results["real"] = real_study(args.max_per_field, args.seed)
   (out / "classical_baselines.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
