@@ -18,11 +18,12 @@ Arrays are processed in chunks so that memory-mapped data sets of any size can b
 
 import functools
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from stargal_jax import PIXEL_SCALE_ARCSEC
+from stargal_jax import PIXEL_SCALE_ARCSEC, photometry
 
 R_BAND = 2
 ZERO_POINT_MAG = 22.5  # m = 22.5 - 2.5 log10(flux / nanomaggy)
@@ -196,17 +197,8 @@ def adaptive_size(images, band: int = R_BAND) -> np.ndarray:
 
 
 def _narrowest_mode(values: np.ndarray, min_relative_height: float = 0.2) -> float:
-  """The smallest-valued local maximum of a Gaussian KDE of `values` at least this high vs the peak."""
-  values = np.sort(values)
-  lower_half = values[: max(len(values) // 2, 2)]
-  spread = min(lower_half.std(), np.subtract(*np.percentile(lower_half, [75, 25])) / 1.34)
-  bandwidth = max(0.9 * spread * len(values) ** -0.2, 0.02)  # Silverman on the compact half
-  grid = np.linspace(values[0] - 3 * bandwidth, values[-1] + 3 * bandwidth, 2048)
-  density = np.exp(-0.5 * ((grid[:, None] - values[None]) / bandwidth) ** 2).sum(axis=1)
-  interior = (density[1:-1] >= density[:-2]) & (density[1:-1] > density[2:])
-  peaks = np.flatnonzero(interior) + 1
-  peaks = peaks[density[peaks] >= min_relative_height * density.max()]
-  return float(grid[peaks[0]]) if peaks.size else float(grid[np.argmax(density)])
+  """The smallest-valued prominent KDE mode (`photometry.narrowest_mode`, shared with the PSF stack)."""
+  return photometry.narrowest_mode(values, min_relative_height)
 
 
 class PsfEstimate(NamedTuple):
@@ -306,14 +298,40 @@ def extendedness(images, psf_fwhm_px: float | None = None,
   return _fill_with_median(psf_minus_extended(images, R_BAND, psf_fwhm_px, aperture_correction_mag))
 
 
+def sdss_model_criteria(images, psf_fwhm_px: float | None = None,
+                        psf: "photometry.GaussianMixture | None" = None) -> dict[str, np.ndarray]:
+  """r-band model-fit criteria (`photometry.sdss_criteria`): psfMag - cModelMag and its S/N-aware significance.
+
+  The PSF: `psf` when given (shared or per object), else the set's own stacked stars
+  (`photometry.estimate_psf_model`, stellar locus at `psf_fwhm_px` when given), else, for sets with fewer than
+  photometry.MIN_PSF_STARS usable stars, a Gaussian of `psf_fwhm_px` or of `estimate_psf`'s width.
+  """
+  if psf is None:
+    try:
+      psf = photometry.estimate_psf_model(images, R_BAND, psf_fwhm_px).mixture
+    except ValueError as error:
+      warnings.warn(f"{error}; using a Gaussian PSF", stacklevel=2)
+      fwhm = psf_fwhm_px if psf_fwhm_px is not None else estimate_psf(images, R_BAND).fwhm_px
+      psf = photometry.gaussian_psf_mixture(fwhm)
+  return photometry.sdss_criteria(images, R_BAND, psf)
+
+
 def classical_baseline_scores(images, psf_fwhm_px: float | None = None,
-                              aperture_correction_mag: float | None = None) -> dict[str, np.ndarray]:
+                              aperture_correction_mag: float | None = None,
+                              psf: "photometry.GaussianMixture | None" = None) -> dict[str, np.ndarray]:
   """{name: (N,) score}, larger = more extended (galaxy): the physical cuts SDSS uses without labels.
 
   `concentration` is minus the r-band concentration_index; `psf_minus_extended` is the r-band
-  psfMag - extendedMag. Undefined values (no measurable flux) take the median score.
+  psfMag - extendedMag (Gaussian matched filter against the 7.4" aperture); `sdss_psf_minus_cmodel` is SDSS's
+  own criterion psfMag - cModelMag from PSF, deV and exp model fits (> 0.145: extended); and
+  `sdss_psf_minus_cmodel_significance` is its S/N-aware version, the difference in units of its uncertainty
+  (noise and the set's stellar-locus width; ~0 with unit spread for point sources at every magnitude; see
+  `photometry.psf_cmodel_significance`). Undefined values (no measurable flux) take the median score.
   """
+  model_criteria = sdss_model_criteria(images, psf_fwhm_px, psf)
   return {
       "concentration": _fill_with_median(-concentration_index(images, R_BAND)),
       "psf_minus_extended": extendedness(images, psf_fwhm_px, aperture_correction_mag),
+      "sdss_psf_minus_cmodel": _fill_with_median(model_criteria["psf_minus_cmodel"]),
+      "sdss_psf_minus_cmodel_significance": _fill_with_median(model_criteria["psf_cmodel_significance"]),
   }

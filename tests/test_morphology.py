@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from stargal_jax import morphology, paths
+from stargal_jax import morphology, paths, photometry
 
 SIZE = 64
 CENTRE = SIZE // 2  # stargal_jax.CUTOUT_CENTRE
@@ -140,6 +140,29 @@ def test_aperture_correction_puts_winged_psf_stars_at_zero():
   assert corrected[15:].min() > morphology.SDSS_EXTENDED_CUT_MAG
 
 
+def test_sdss_model_criteria_need_no_aperture_correction():
+  # The same winged PSF: the model fits use the stacked PSF itself, wings included, so stars sit at 0
+  # without the aperture correction the Gaussian matched filter needs.
+  rng = np.random.default_rng(6)
+  winged = lambda flux: 0.85 * gaussian_stamp(flux, 1.5) + 0.15 * gaussian_stamp(flux, 4.0)
+  stars = [five_bands(winged(10 ** rng.uniform(1.5, 3))) for _ in range(15)]
+  galaxies = [five_bands(exponential_stamp(10 ** rng.uniform(1.5, 3), rng.uniform(2, 4), 1.5))
+              for _ in range(25)]
+  images = np.array(stars + galaxies, np.float32) + rng.normal(0, 0.003, (40, 5, SIZE, SIZE))
+  scores = morphology.classical_baseline_scores(images)
+  difference = scores["sdss_psf_minus_cmodel"]
+  assert np.abs(difference[:15]).max() < 0.03
+  assert difference[15:].min() > morphology.SDSS_EXTENDED_CUT_MAG
+  significance = scores["sdss_psf_minus_cmodel_significance"]
+  assert significance[15:].min() > significance[:15].max()
+  # A given PSF (here the true one, as a two-component mixture) goes through the same fits.
+  truth = photometry.GaussianMixture(np.array([0.85, 0.15]), np.array([2.25 * np.eye(2), 16.0 * np.eye(2)]))
+  given = morphology.sdss_model_criteria(images, psf=truth)
+  expected = photometry.psf_minus_cmodel(photometry.fit_models(images, truth))
+  np.testing.assert_allclose(given["psf_minus_cmodel"], expected)
+  assert np.abs(given["psf_minus_cmodel"][:15]).max() < 0.03
+
+
 def test_nan_pixels_do_not_propagate():
   images, _, _ = make_sample(2, 2, seed=4)
   holed = images.copy()
@@ -206,3 +229,4 @@ def test_real_sdss_frame_psf_and_baselines_agree():
   from scipy.stats import spearmanr
   # Two independent morphological measures must rank the same objects as extended.
   assert spearmanr(scores["concentration"], scores["psf_minus_extended"]).statistic > 0.6
+  assert spearmanr(scores["concentration"], scores["sdss_psf_minus_cmodel"]).statistic > 0.6
