@@ -1,6 +1,10 @@
 """Shared configuration pieces. Configs are plain ml_collections; no jax imports here."""
 
+import dataclasses
+
 import ml_collections
+
+from stargal_jax.simulate.params import SimParams
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -18,6 +22,9 @@ def data_config() -> ml_collections.ConfigDict:
   data.default_n_unlabelled = 10000
   data.default_seed = 2017
   data.workers = 0  # Simulator processes; 0 = all cores.
+  # The embedded simulator's parameters (every stargal_jax.simulate.SimParams field, at its default), e.g.
+  # --config.data.sim_params.seeing_r_median_arcsec=1.6 for a shifted simulation, cached under its own name.
+  data.sim_params = ml_collections.ConfigDict(dataclasses.asdict(SimParams()))
   data.mag_bins = (19.0, 21.0)  # r-magnitude bin edges for the per-magnitude metrics.
   return data
 

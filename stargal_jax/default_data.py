@@ -11,6 +11,7 @@ A set found incomplete (no or unreadable manifest, files missing) is regenerated
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from stargal_jax.data import store
-from stargal_jax.simulate import SIM_VERSION, simulate_dataset
+from stargal_jax.simulate import SIM_VERSION, SimParams, simulate_dataset
 
 _BUILDING = ".building-"  # + name + "@" + random: the folder a writer simulates into, holding the set's lock
 _SIMULATE_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-[^/]*")  # simulate_dataset's own temporary sibling
@@ -34,8 +35,16 @@ class DefaultData:
   truth_path: Path  # labelled truth; unlabelled_truth.npz sits beside it
 
 
-def dataset_name(n_labelled: int, n_unlabelled: int, seed: int) -> str:
-  return f"sim-v{SIM_VERSION}-L{n_labelled}-U{n_unlabelled}-seed{seed}"
+def params_tag(params: SimParams) -> str:
+  """'' for the simulator's defaults, else '-p' + a short hash of the parameters: a shifted simulation
+  (other seeing, depth, sizes, ...) is cached under its own name."""
+  if params == SimParams():
+    return ""
+  return "-p" + hashlib.sha256(params.to_json().encode()).hexdigest()[:10]
+
+
+def dataset_name(n_labelled: int, n_unlabelled: int, seed: int, params: SimParams = SimParams()) -> str:
+  return f"sim-v{SIM_VERSION}-L{n_labelled}-U{n_unlabelled}-seed{seed}{params_tag(params)}"
 
 
 def lock_path(cache_dir: str | os.PathLike, name: str) -> Path:
@@ -60,7 +69,7 @@ def _count_npy(folder: Path) -> int:
     return -1
 
 
-def _incomplete(root: Path, n_labelled: int, n_unlabelled: int, seed: int) -> str | None:
+def _incomplete(root: Path, n_labelled: int, n_unlabelled: int, seed: int, params: SimParams) -> str | None:
   """Why `root` is not the complete set of these sizes and seed, or None when it is."""
   try:
     info = json.loads((root / "manifest.json").read_text())
@@ -72,6 +81,8 @@ def _incomplete(root: Path, n_labelled: int, n_unlabelled: int, seed: int) -> st
     return "unreadable manifest.json (not an object)"
   wanted = {"version": SIM_VERSION, "seed": seed, "n_labelled": n_labelled, "n_unlabelled": n_unlabelled}
   differs = [f"{k} {info.get(k)!r} (expected {v!r})" for k, v in wanted.items() if info.get(k) != v]
+  if json.loads(params.to_json()) != info.get("params"):
+    differs.append("params differ")
   if differs:
     return "manifest.json is of another set: " + ", ".join(differs)
   found = {"labelled": _count_npy(root / "labelled"), "unlabelled": _count_npy(root / "unlabelled")}
@@ -109,18 +120,19 @@ def _remove_abandoned(sim: Path, own: str) -> None:
 
 
 def ensure_default_data(cache_dir: Path, n_labelled: int, n_unlabelled: int, seed: int = 2017,
-                        workers: int | None = None) -> DefaultData:
-  """The simulated default data set of these sizes and seed, generating it on first use."""
-  name = dataset_name(n_labelled, n_unlabelled, seed)
+                        workers: int | None = None, params: SimParams = SimParams()) -> DefaultData:
+  """The simulated data set of these sizes, seed and simulator parameters (the simulator's defaults: the
+  project's default data), generating it on first use."""
+  name = dataset_name(n_labelled, n_unlabelled, seed, params)
   sim = Path(cache_dir).expanduser() / "sim"
   root = sim / name
-  if _incomplete(root, n_labelled, n_unlabelled, seed) is None:
+  if _incomplete(root, n_labelled, n_unlabelled, seed, params) is None:
     _say(f"reusing {root}")
     return _as_default_data(root)
   with store.exclusive_lock(lock_path(cache_dir, name), f"simulating {root}", notify=_say) as locked:
     if locked:
       _remove_abandoned(sim, name)
-    problem = _incomplete(root, n_labelled, n_unlabelled, seed)
+    problem = _incomplete(root, n_labelled, n_unlabelled, seed, params)
     if problem is None:  # simulated by the writer we waited for
       _say(f"reusing {root}")
       return _as_default_data(root)
@@ -134,15 +146,15 @@ def ensure_default_data(cache_dir: Path, n_labelled: int, n_unlabelled: int, see
     # A unique folder, so that even unlocked (a filesystem without locks) two writers cannot clash.
     building = Path(tempfile.mkdtemp(prefix=f"{_BUILDING}{name}@", dir=sim))
     try:
-      simulate_dataset(building / name, n_labelled, n_unlabelled, seed, workers=workers)
+      simulate_dataset(building / name, n_labelled, n_unlabelled, seed, workers=workers, params=params)
       try:
         os.rename(building / name, root)
       except OSError:  # unlocked, another writer finished the same set first: accept it if complete
-        if _incomplete(root, n_labelled, n_unlabelled, seed) is not None:
+        if _incomplete(root, n_labelled, n_unlabelled, seed, params) is not None:
           raise
     finally:
       shutil.rmtree(building, ignore_errors=True)
-    problem = _incomplete(root, n_labelled, n_unlabelled, seed)
+    problem = _incomplete(root, n_labelled, n_unlabelled, seed, params)
     if problem is not None:  # fail once, loudly, rather than regenerate on every start
       raise RuntimeError(f"{root}: the simulator wrote a set that fails the completeness check ({problem})")
   return _as_default_data(root)

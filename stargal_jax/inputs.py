@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from stargal_jax import default_data, paths
+from stargal_jax.simulate import SimParams
 from stargal_jax.data import normalize as normalization
 from stargal_jax.data import store as stores
 
@@ -35,7 +36,8 @@ def load_inputs(data_config, seed: int = 0) -> Inputs:
   else:
     sim = default_data.ensure_default_data(
         cache, n_labelled=data_config.default_n_labelled, n_unlabelled=data_config.default_n_unlabelled,
-        seed=data_config.default_seed, workers=data_config.workers or None)
+        seed=data_config.default_seed, workers=data_config.workers or None,
+        params=SimParams.from_dict(data_config.sim_params.to_dict()))
     labelled_src, unlabelled_src, truth_path = str(sim.labelled_dir), str(sim.unlabelled_dir), sim.truth_path
     source = f"embedded simulator ({sim.root})"
   common = dict(cache_dir=cache, nan_policy=data_config.nan_policy, skip_bad_files=data_config.skip_bad_files)

@@ -97,3 +97,21 @@ def test_a_live_writers_temp_folders_are_kept(tmp_path):
     default_data.ensure_default_data(tmp_path, n_labelled=2, n_unlabelled=1, seed=1, workers=1)
     assert [f.exists() for f in folders] == [True, True, False, False]
   assert _hidden(sim) == sorted(f.name for f in folders[:2])  # lock files are removed on release
+
+
+def test_shifted_simulator_parameters_are_their_own_cached_set(tmp_path):
+  from stargal_jax.simulate import SimParams
+  default = default_data.ensure_default_data(tmp_path, n_labelled=3, n_unlabelled=2, seed=5, workers=1)
+  shifted_params = SimParams(seeing_r_median_arcsec=1.7)
+  shifted = default_data.ensure_default_data(tmp_path, n_labelled=3, n_unlabelled=2, seed=5, workers=1,
+                                             params=shifted_params)
+  assert default.root.name == f"sim-v{SIM_VERSION}-L3-U2-seed5"
+  assert shifted.root.name.startswith(default.root.name + "-p") and shifted.root != default.root
+  manifest = json.loads((shifted.root / "manifest.json").read_text())
+  assert manifest["params"]["seeing_r_median_arcsec"] == 1.7
+  # The same parameters given again (equal values, a new object) find the same set.
+  again = default_data.ensure_default_data(tmp_path, n_labelled=3, n_unlabelled=2, seed=5, workers=1,
+                                           params=SimParams(seeing_r_median_arcsec=1.7))
+  assert again == shifted
+  with np.load(default.truth_path, allow_pickle=False) as a, np.load(shifted.truth_path, allow_pickle=False) as b:
+    assert not np.array_equal(a["psf_fwhm_arcsec"], b["psf_fwhm_arcsec"])  # the seeing really changed

@@ -71,3 +71,15 @@ def test_simulator_truth_is_aligned_with_the_store(tmp_path):
   for row, value in zip(truth["nb_object"], truth["nb_label"]):
     assert truth["n_neighbours"][row] >= 1
     assert value >= 2
+
+
+def test_sim_params_in_the_config_select_a_shifted_simulation(tmp_path):
+  from configs import common
+  data = common.data_config()
+  data.cache_dir = str(tmp_path)
+  data.default_n_labelled, data.default_n_unlabelled, data.normalizer_sample, data.workers = 4, 3, 3, 1
+  data.sim_params.seeing_r_median_arcsec = 1.9
+  inputs = inputs_lib.load_inputs(data)
+  assert "-p" in inputs.source  # its own cached set, not the default one
+  manifest = next((tmp_path / "sim").glob("*-p*/manifest.json")).read_text()
+  assert '"seeing_r_median_arcsec": 1.9' in manifest
