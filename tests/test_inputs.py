@@ -1,11 +1,14 @@
 """config.data -> stores, normaliser, truth; batches as a pure function of the step."""
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 import pytest
 
 from stargal_jax import inputs as inputs_lib
 from stargal_jax.data import formats
+from stargal_jax.simulate import SimParams
 
 
 def test_batch_schedule_is_a_pure_function_of_the_step():
@@ -62,7 +65,7 @@ def test_simulator_truth_is_aligned_with_the_store(tmp_path):
   data = ml_collections.ConfigDict(dict(
       labelled="", unlabelled="", cache_dir=str(tmp_path), nan_policy="zero", skip_bad_files=False,
       normalization="asinh", normalizer_sample=20, default_n_labelled=40, default_n_unlabelled=20,
-      default_seed=5, workers=1))
+      default_seed=5, workers=1, sim_params=dataclasses.asdict(SimParams())))
   inputs = inputs_lib.load_inputs(data)
   truth = inputs.truth
   np.testing.assert_array_equal(truth["objID"], inputs.labelled.index["objID"])
