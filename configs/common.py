@@ -19,6 +19,10 @@ def data_config() -> ml_collections.ConfigDict:
   data.default_seed = 2017
   data.workers = 0  # Simulator processes; 0 = all cores.
   data.mag_bins = (19.0, 21.0)  # r-magnitude bin edges for the per-magnitude metrics.
+  # Reading policies of the data layer (stargal_jax.data.formats; part of each packed store's fingerprint):
+  data.duplicates = "raise"  # An objID seen twice in the labelled set: raise | keep_first (counted).
+  data.max_records_per_file = 100_000  # A file whose header declares more records is refused (never allocated).
+  data.pixel_bounds = (-1e3, 1e6)  # Nanomaggies; pixels outside count as bad pixels, like non-finite ones.
   return data
 
 
