@@ -335,7 +335,8 @@ def check_stage(config, path: str, input_shape: Sequence[int] = IMAGE_INPUT,
     return _traced_stage(name, _canonical(traced), tuple(int(n) for n in input_shape))
   except (ValueError, KeyError, TypeError, AttributeError) as error:
     # A KeyError's str() quotes its message; the first line is the reason (jax appends its own notes).
-    text = error.args[0] if isinstance(error, KeyError) and error.args and isinstance(error.args[0], str) else str(error)
+    keyed = isinstance(error, KeyError) and error.args and isinstance(error.args[0], str)
+    text = error.args[0] if keyed else str(error)
     text = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     raise ConfigError(f"config.{path} (model {name!r}): {text}") from None
 

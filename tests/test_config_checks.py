@@ -31,7 +31,8 @@ def test_rules_say_what_is_wrong():
 
 def test_an_unnamed_numeric_setting_must_still_be_finite():
   config = ml_collections.ConfigDict(dict(a=1, b=dict(c=math.inf, d=(1.0, math.nan)), e="x"))
-  assert cc.setting_problems(config, {}) == ["config.b.c = inf: must be finite", "config.b.d = (1.0, nan): must be finite"]
+  assert cc.setting_problems(config, {}) == ["config.b.c = inf: must be finite",
+                                             "config.b.d = (1.0, nan): must be finite"]
   with pytest.raises(cc.ConfigError, match=r"config.b.c = inf: must be finite; config.b.d"):
     cc.check_config(config, {})
 

@@ -262,3 +262,44 @@ def test_every_shipped_config_passes_the_checks(tmp_path, monkeypatch):
     for arg in (None, *getattr(module, "ARGUMENTS", ("smoke",))):
       config = load_config(path.stem, arg)
       experiment.check_config(config)
+
+
+@pytest.mark.slow
+def test_launch_prints_user_errors_on_one_line_naming_the_valid_keys(tmp_path):
+  base = [sys.executable, str(REPO / "launch.py"), "--config=configs/cvae.py:smoke", f"--workdir={tmp_path / 'w'}"]
+  cases = [("--config.train.steps=5", "the config has no setting 'train'; valid: ['ae', 'data', 'eval'", 1),
+           ("--config.vae.train.steps=0", "error: config.vae.train.steps = 0: must be an integer >= 1", 2)]
+  for flag, expected, status in cases:
+    proc = subprocess.run(base + [flag], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
+    assert expected in proc.stderr.splitlines()[0], proc.stderr
+  assert not (tmp_path / "w").exists()
+  shown = subprocess.run(base + ["--config.vae.train.steps=0"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, STARGAL_TRACEBACK="1"))
+  assert shown.returncode != 0 and "Traceback" in shown.stderr  # the traceback on demand
+
+
+@pytest.mark.slow
+def test_a_trained_run_is_refused_to_another_config_and_rescored_without_retraining(tmp_path, capsys):
+  """Why 1 end to end (real training): a changed latent size is refused and leaves the run's outputs alone; a
+  changed score method restores the trained state (bitwise the same latents) and scores it again."""
+  config = user_config(tmp_path)
+  config.eval.plots = False
+  experiment.run(_copy(config), tmp_path / "run")
+  latents = dict(np.load(tmp_path / "run" / "latents.npz"))
+  metrics = (tmp_path / "run" / "metrics.json").read_text()
+  other = _copy(config)
+  other.vae.model_kwargs.latent_dim = 10
+  with pytest.raises(ValueError, match="vae.model_kwargs.latent_dim 2 -> 10"):
+    experiment.run(other, tmp_path / "run")
+  assert (tmp_path / "run" / "metrics.json").read_text() == metrics
+  capsys.readouterr()
+  config.score.method = "pca"
+  experiment.run(config, tmp_path / "run")
+  out = capsys.readouterr().out
+  assert "re-scoring the trained run" in out and "[vae] resumed from checkpoint at step 6" in out
+  rescored = dict(np.load(tmp_path / "run" / "latents.npz"))
+  for key in latents:
+    np.testing.assert_array_equal(rescored[key], latents[key])
+  identity = json.loads((tmp_path / "run" / "run_identity.json").read_text())
+  assert identity["scoring"]["score.method"] == "pca" and len(identity["fingerprint"]) == 64
