@@ -56,12 +56,12 @@ NMGY_PER_DN = (0.0125, 0.0040, 0.0052, 0.0066, 0.035)
 # i 20.24, z 18.99, within 0.1 mag of these.
 SKY_MAG_ARCSEC2 = (22.1, 21.8, 21.0, 20.2, 18.9)
 
-# Point-source saturation magnitudes of SDSS imaging (SDSS DR7 imaging documentation, "bright
-# limits": u 12.0, g 14.1, r 14.1, i 13.8, z 12.3). The DN level at which a pixel saturates is
-# derived from them for a centred star in median seeing (`render.saturation_levels_dn`).
-SATURATION_MAG = (12.0, 14.1, 14.1, 13.8, 12.3)
-# 16-bit ADC ceiling less the software bias of 1000 DN (frame header SOFTBIAS): no band saturates
-# above this (it binds only in u, where the quoted 12.0 would need ~79k DN).
+# Saturation: raw counts (sky included) at which a pixel saturates and its charge bleeds along the
+# column. Measured on the frames of shared/data: saturated stars plateau at 50,000-60,000 counts in
+# every band (sdss_frames.SATURATION_COUNTS, 40,000, is where detection drops a source as (near)
+# saturated). SDSS's quoted point-source saturation limits (r ~ 14.1 in 1.4" seeing; DR7 imaging
+# documentation) follow from it. Below the 16-bit ADC ceiling less the software bias of 1000 DN.
+SATURATION_DN = 55000.0
 ADC_MAX_DN = 65535 - 1000
 
 # Kolmogorov seeing scales as lambda^(-1/5) (Fried 1966; Roddier 1981), giving u 1.12, g 1.06,
@@ -93,14 +93,15 @@ DETECT_MATCH_RADIUS_PX = 2.0  # the detection nearest the central object's true 
 
 # Galaxy and star number counts, dN/dm per deg^2 per mag in r (intrinsic, before detection).
 # Normalisation at r = 20 measured on the six high-latitude fields of shared/data (0.205 deg^2 in
-# which sources were kept; r 19.5-20.5, where detection is complete: 507 sources, 147 of them
-# point-like by psf_minus_extended < 0.145, i.e. 2470 per deg^2 per mag, of which 720 stars).
+# which sources were kept; r 19.5-20.5, where detection is complete: 507 sources, i.e. 2470 per
+# deg^2 per mag). 147 of them are point-like by psf_minus_extended < 0.145; on simulated cutouts that
+# cut finds 0.82 of the true point sources at r ~ 20, so ~45% are stars: 1100 stars, 1370 galaxies.
 # Galaxy slopes d log N / dm: 0.45 at r < 20 (Yasuda et al. 2001, AJ 122, 1104), 0.33 fainter
 # (Metcalfe et al. 2001, MNRAS 323, 795, R 20-26). Stars at high latitude: 0.10, measured on the
 # six fields' point sources r 15.5-21 (the halo's flat counts, Juric et al. 2008, ApJ 673, 864).
-GALAXY_DENSITY_R20 = 1750.0
+GALAXY_DENSITY_R20 = 1370.0
 GALAXY_SLOPE_BRIGHT, GALAXY_SLOPE_FAINT, GALAXY_SLOPE_BREAK = 0.45, 0.33, 20.0
-STAR_DENSITY_R20 = 720.0
+STAR_DENSITY_R20 = 1100.0
 STAR_SLOPE = 0.10
 
 
@@ -113,11 +114,12 @@ class SimParams:
   galaxy_size_scale (sizes relative to the size relation), point_fraction (stars + QSOs among the
   detected central objects), neighbour_density_scale (0: no neighbours, 3: crowded).
   """
-  # Point-like (stars + QSOs) fraction of the detected central objects. 0.33 is what the six
-  # high-latitude fields give to S/N 5: the star and galaxy counts below (measured on them), seen
-  # through the detection of this simulator in their conditions (benchmarks/validate_simulator.py
-  # reports the measurement). The study's prior was 0.3.
-  point_fraction: float = 0.33
+  # Point-like (stars + QSOs) fraction of the detected central objects. 0.43 is what the six
+  # high-latitude fields of shared/data give to S/N 5, by forward modelling: simulations in their
+  # conditions reproduce the fields' point-like share (psf_minus_extended < 0.145) per r bin below 21
+  # and their counts per bin (chi^2 26 for 11 bins) for 0.43 (0.33 gives too few stars at r < 20).
+  # The study's prior was 0.3.
+  point_fraction: float = 0.43
   # QSOs among point sources at high latitude to r ~ 22.5: ~100 per deg^2 (Richards et al. 2006, AJ
   # 131, 2766) against ~4000 stars (the star counts below).
   qso_fraction_of_point: float = 0.03
@@ -144,13 +146,17 @@ class SimParams:
   # al. 2004, ApJ 600, L107), continuing the galaxy counts; they add texture and a little noise.
   faint_background_limit_mag: float = 27.0
   faint_background_hlr_arcsec: float = 0.3
-  # Galaxy sizes: half-light radii from Shen et al. (2003) at the galaxy's luminosity, which is
-  # brightened by evolution, L(z) = L(0) 10^(0.4 Q z) with Q = 1.0 mag per unit redshift (Loveday et
-  # al. 2012, MNRAS 420, 1239, r band), and shrinking at fixed luminosity as (1 + z)^-0.75 (late)
-  # or (1 + z)^-1.48 (early types; van der Wel et al. 2014, ApJ 788, 28), times galaxy_size_scale.
+  # Galaxy sizes: half-light radii from Shen et al. (2003) at the galaxy's luminosity (the size-
+  # luminosity relation of luminous disks shows no significant evolution to z ~ 1 once selection is
+  # accounted for, Simard et al. 1999, ApJ 519, 563; the fading of a fixed-mass galaxy with time,
+  # luminosity_evolution_q mag per unit redshift, is 0 here: 1.0, Loveday et al. 2012, would apply it,
+  # and makes the six fields' galaxies at r > 21 ~15% too compact), then evolved at fixed luminosity:
+  # early types as (1 + z)^-1.48 (van der Wel et al. 2014, ApJ 788, 28), disks not at all (Barden et al.
+  # 2005, ApJ 635, 959: no evolution of the disk size-mass relation since z ~ 1); times
+  # galaxy_size_scale.
   galaxy_size_scale: float = 1.0
-  luminosity_evolution_q: float = 1.0
-  size_evolution_late: float = 0.75
+  luminosity_evolution_q: float = 0.0
+  size_evolution_late: float = 0.0
   size_evolution_early: float = 1.48
   # Cutouts touching a frame edge (NaN strips or corner blocks), as in the study's cutouts.
   defect_fraction: float = 0.02
@@ -180,6 +186,18 @@ class SimParams:
   # nanomaggy, more sky DN): the sky-limited noise in nanomaggies falls by 10^(-0.4 depth_mag), i.e.
   # the S/N limit goes depth_mag magnitudes deeper; bright stars saturate depth_mag fainter.
   depth_mag: float = 0.0
+  # Pixel noise relative to the data model's sky + dark noise, per band: measured on the native
+  # frames of the six high-latitude fields (1.4826 MAD of source-free pixels / model sigma; medians
+  # u 0.99, g 1.04, r 1.04, i 1.01, z 1.02; the fields scatter by ~0.04), times the ratio of the real to
+  # the simulated cutouts' background noise in those fields' conditions (medians u 0.98, g 0.985, r
+  # 0.98, i 0.99, z 0.995: faint sources, which the simulator adds itself, raise the native MAD).
+  noise_scale: tuple = (0.97, 1.02, 1.02, 1.0, 1.01)
+  noise_scale_sigma: float = 0.04
+  # Share of light in the PSF's Moffat wings (PSF_WING_*), log-normal over fields: the six fields'
+  # stellar aperture corrections (0.126-0.180 mag) need shares of 0.10-0.26 (`observed.psf_for_field`;
+  # median 0.165, log-sigma 0.35).
+  psf_wing_fraction: float = 0.165
+  psf_wing_log_sigma: float = 0.35
   # Photometric calibration scatter (transparency, airmass), log-normal sigma of NMGY_PER_DN.
   calibration_sigma: float = 0.05
   # Residual sky after SDSS's sky subtraction: a constant per cutout and band, Gaussian with these
@@ -240,6 +258,10 @@ def validation_problems(p: SimParams) -> list[str]:
     need(getattr(p, name) > 0, f"{name}={getattr(p, name)!r} must be > 0")
   lo, hi = (tuple(p.seeing_limits_arcsec) + (None, None))[:2]
   need(len(p.seeing_limits_arcsec) == 2 and 0 < lo < hi, f"seeing_limits_arcsec={p.seeing_limits_arcsec!r} must be (lo, hi), 0 < lo < hi")
+  need(len(p.noise_scale) == 5 and all(v > 0 for v in p.noise_scale),
+       f"noise_scale={p.noise_scale!r} must be 5 values > 0 (u, g, r, i, z)")
+  need(0.0 <= p.psf_wing_fraction < 1.0, f"psf_wing_fraction={p.psf_wing_fraction!r} must be in [0, 1)")
+  need(p.noise_scale_sigma >= 0 and p.psf_wing_log_sigma >= 0, "noise_scale_sigma and psf_wing_log_sigma must be >= 0")
   need(len(p.sky_residual_nmgy) == 5 and all(v >= 0 for v in p.sky_residual_nmgy),
        f"sky_residual_nmgy={p.sky_residual_nmgy!r} must be 5 values >= 0 (u, g, r, i, z)")
   need(-3.0 <= p.depth_mag <= 3.0, f"depth_mag={p.depth_mag!r} must be in [-3, 3]")

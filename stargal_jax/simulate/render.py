@@ -131,7 +131,7 @@ def moffat_transform(k: np.ndarray, beta: float, fwhm: float) -> np.ndarray:
   return 2.0 * (x / 2.0) ** nu * special.kv(nu, x) / special.gamma(nu)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def wing_kimage(fraction: float = P.PSF_WING_FRACTION, beta: float = P.PSF_WING_BETA,
                 fwhm: float = P.PSF_WING_FWHM_ARCSEC, span: int = HALF_SPAN) -> np.ndarray:
   """Transform of (1 - f) delta + f Moffat: the scattering wings every band's core is convolved with."""
@@ -140,17 +140,17 @@ def wing_kimage(fraction: float = P.PSF_WING_FRACTION, beta: float = P.PSF_WING_
   return out
 
 
-@functools.lru_cache(maxsize=8)
-def pixel_wing_kimage(wings: bool, span: int = HALF_SPAN) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def pixel_wing_kimage(wing_fraction: float, span: int = HALF_SPAN) -> np.ndarray:
   _, _, pixel = fourier_axes(span)
-  out = np.outer(pixel, pixel) * (wing_kimage(span=span) if wings else 1.0)
+  out = np.outer(pixel, pixel) * (wing_kimage(fraction=wing_fraction, span=span) if wing_fraction > 0 else 1.0)
   out.flags.writeable = False
   return out
 
 
 def psf_pixel_kimages(conditions: Conditions, wings: bool = True, span: int = HALF_SPAN) -> np.ndarray:
   """(5, K, K) transforms of PSF x pixel response, per band (real: the profiles are symmetric)."""
-  pixel_2d = pixel_wing_kimage(wings, span)
+  pixel_2d = pixel_wing_kimage(float(conditions.psf_wing_fraction) if wings else 0.0, span)
   out = np.empty((5,) + pixel_2d.shape)
   for b in range(5):
     exponent = kolmogorov_exponent(float(conditions.psf_g1[b]), float(conditions.psf_g2[b]), span)
@@ -164,10 +164,10 @@ def psf_profile(conditions: Conditions, band: int, wings: bool = True) -> galsim
   """The same PSF as a GalSim object (for tests and drawing)."""
   core = galsim.Kolmogorov(fwhm=float(conditions.psf_fwhm_arcsec[band])).shear(
     g1=float(conditions.psf_g1[band]), g2=float(conditions.psf_g2[band]))
-  if not wings:
+  f = float(conditions.psf_wing_fraction)
+  if not wings or f <= 0:
     return core
-  wing = ((1 - P.PSF_WING_FRACTION) * galsim.DeltaFunction()
-          + P.PSF_WING_FRACTION * galsim.Moffat(beta=P.PSF_WING_BETA, fwhm=P.PSF_WING_FWHM_ARCSEC))
+  wing = (1 - f) * galsim.DeltaFunction() + f * galsim.Moffat(beta=P.PSF_WING_BETA, fwhm=P.PSF_WING_FWHM_ARCSEC)
   return galsim.Convolve(core, wing)
 
 
@@ -353,24 +353,9 @@ def matched_filter_snr(model_nmgy: np.ndarray, conditions: Conditions, band: int
   return float(np.sqrt(np.sum(model_nmgy ** 2 / (sky_var + shot_var))))
 
 
-@functools.lru_cache(maxsize=1)
 def saturation_levels_dn() -> np.ndarray:
-  """Per-band saturation (DN, sky included) calibrated on SDSS's point-source saturation mags.
-
-  A star of SATURATION_MAG, centred on a pixel, in median seeing and sky (default SimParams, wings
-  included), just reaches it.
-  """
-  params = P.SimParams()
-  levels = []
-  for b in range(5):
-    fwhm = params.seeing_r_median_arcsec * P.SEEING_RATIO_TO_R[b]
-    psf = galsim.Convolve(galsim.Kolmogorov(fwhm=fwhm), (1 - P.PSF_WING_FRACTION) * galsim.DeltaFunction()
-                          + P.PSF_WING_FRACTION * galsim.Moffat(beta=P.PSF_WING_BETA, fwhm=P.PSF_WING_FWHM_ARCSEC))
-    star = psf.drawImage(nx=65, ny=65, scale=P.PIXEL_SCALE_ARCSEC)
-    peak_nmgy = star.array.max() * 10.0 ** (-0.4 * (P.SATURATION_MAG[b] - 22.5))
-    sky_dn = 10.0 ** (-0.4 * (P.SKY_MAG_ARCSEC2[b] - 22.5)) * P.PIXEL_SCALE_ARCSEC ** 2 / P.NMGY_PER_DN[b]
-    levels.append(min(peak_nmgy / P.NMGY_PER_DN[b] + sky_dn, P.ADC_MAX_DN))
-  return np.array(levels)
+  """Per-band saturation level in raw counts (sky included): the plateau measured on real frames."""
+  return np.full(5, min(P.SATURATION_DN, P.ADC_MAX_DN))
 
 
 def bleed_columns(dn: np.ndarray, level: float) -> tuple[np.ndarray, bool]:
@@ -402,20 +387,23 @@ def bleed_columns(dn: np.ndarray, level: float) -> tuple[np.ndarray, bool]:
 def observe(noiseless_nmgy: np.ndarray, conditions: Conditions, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
   """SDSS noise model; returns the sky-subtracted calibrated image (float64 nmgy) and saturation.
 
-  DN = Poisson(gain (object + sky)) / gain, saturated and bled, plus N(0, dark variance); then the
-  sky level is subtracted and DN are converted to nanomaggies (SDSS frame data model).
+  DN = expected + noise_scale x (Poisson(gain (object + sky)) / gain - expected + N(0, dark variance)),
+  saturated and bled; then the sky level is subtracted and DN are converted to nanomaggies (SDSS frame
+  data model).
   """
   nmgy = conditions.nmgy_per_dn[:, None, None]
   sky = conditions.sky_dn[:, None, None]
   gain = conditions.gain[:, None, None]
+  scale = np.asarray(conditions.noise_scale, dtype=np.float64)[:, None, None]
   expected_dn = np.clip(noiseless_nmgy, 0, None) / nmgy + sky
-  dn = rng.poisson(expected_dn * gain) / gain
+  deviation = rng.poisson(expected_dn * gain) / gain - expected_dn
+  deviation += rng.normal(0, 1, deviation.shape) * np.sqrt(conditions.dark_variance)[:, None, None]
+  dn = expected_dn + scale * deviation  # the measured noise level of real frames (noise_scale)
   levels = saturation_levels_dn()
   saturated = False
   for b in range(len(dn)):
     dn[b], hit = bleed_columns(dn[b], levels[b])
     saturated |= hit
-  dn = dn + rng.normal(0, 1, dn.shape) * np.sqrt(conditions.dark_variance)[:, None, None]
   return (dn - sky) * nmgy, saturated
 
 
@@ -442,7 +430,7 @@ def detect_central(image_r: np.ndarray, conditions: Conditions, true_xy: tuple[f
   calib = np.full(data.shape[1], conditions.nmgy_per_dn[band])
   sky = np.full(data.shape, sky_dn)
   gain, dark = float(conditions.gain[band]), float(conditions.dark_variance[band])
-  sky_noise = float(conditions.nmgy_per_dn[band] * np.sqrt(sky_dn / gain + dark))
+  sky_noise = float(conditions.sky_sigma_nmgy()[band])
   objects = sep.extract(data, sdss_frames.DETECT_THRESH_SIGMA, err=sky_noise, minarea=sdss_frames.DETECT_MINAREA,
                         deblend_nthresh=32, deblend_cont=0.005)
   if len(objects) == 0:
