@@ -114,11 +114,11 @@ def real_conditions(conditions: realism.FieldConditions, wings: bool = True):
 NOISE_CALIBRATION_N = 300  # simulated cutouts per field for the noise-level calibration
 
 
-def _simulate_fields(conditions: dict, counts: dict, params: SimParams, seed: int, workers: int) -> dict:
+def _simulate_fields(conditions: dict, counts: dict, params: dict, seed: int, workers: int) -> dict:
   tasks, owners = [], []
   for k, f in enumerate(sorted(conditions)):
     for start in range(0, counts[f], 50):
-      tasks.append((params.to_json(), conditions[f], seed, 100 + k, start, min(start + 50, counts[f])))
+      tasks.append((params[f].to_json(), conditions[f], seed, 100 + k, start, min(start + 50, counts[f])))
       owners.append(f)
   parts = run_pool(tasks, workers)
   field = np.concatenate([np.full(len(p["kind"]), f, dtype="<U16") for p, f in zip(parts, owners)])
@@ -144,7 +144,8 @@ def calibrated_conditions(real: realism.CutoutSet, mr: dict, params: SimParams, 
     scales = json.loads(path.read_text())
   else:
     print(f"calibrating the noise level of {len(fields)} fields", file=sys.stderr)
-    first = _simulate_fields(conditions, {f: NOISE_CALIBRATION_N for f in fields}, params, seed + 7, workers)
+    first = _simulate_fields(conditions, {f: NOISE_CALIBRATION_N for f in fields}, {f: params for f in fields},
+                             seed + 7, workers)
     r_sim = morphology.r_magnitude(first["images"])
     scales = {}
     for f in fields:
@@ -157,18 +158,44 @@ def calibrated_conditions(real: realism.CutoutSet, mr: dict, params: SimParams, 
   return {f: dataclasses.replace(c, noise_scale=np.asarray(scales[f])) for f, c in conditions.items()}
 
 
+POINTLIKE_MAG = 20.5  # the point-like share of a field is measured on its sources brighter than this
+POINTLIKE_CUT = morphology.SDSS_EXTENDED_CUT_MAG
+
+
+def logit(p: float) -> float:
+  return float(np.log(p / (1 - p)))
+
+
+def field_point_fractions(mr: dict, fields_of_objects: np.ndarray, fields: list[str], params: SimParams) -> dict:
+  """Each field's stellar density as a point fraction: the global one shifted in log-odds by how the field's
+  point-like share (psf_minus_extended < 0.145, r < 20.5) differs from that of all the given fields: stars
+  thin out with Galactic latitude, so this is a property of the field, like its seeing."""
+  bright = mr["r_mag"] < POINTLIKE_MAG
+  point = mr["psf_minus_extended"] < POINTLIKE_CUT
+  overall = np.mean(point[bright & np.isin(fields_of_objects, fields)])
+  out = {}
+  for f in fields:
+    share = np.clip(np.mean(point[bright & (fields_of_objects == f)]), 0.02, 0.98)
+    odds = logit(params.point_fraction) + logit(share) - logit(overall)
+    out[f] = float(round(1 / (1 + np.exp(-odds)), 3))
+  return out
+
+
 def matched_set(real: realism.CutoutSet, mr: dict, params: SimParams, seed: int, workers: int, tag: str,
                 factor: float = MATCHED_FACTOR, fields: list[str] | None = None) -> tuple[realism.CutoutSet, np.ndarray]:
-  """The simulator in each real field's conditions, factor x that field's number of objects (cached)."""
+  """The simulator in each real field's conditions (sky, PSF, noise, stellar density), factor x that
+  field's number of objects (cached)."""
   fields = sorted(set(real.field)) if fields is None else sorted(fields)
   counts = {f: int(round(factor * np.sum(real.field == f))) for f in fields}
+  fractions = field_point_fractions(mr, real.field, fields, params)
+  per_field = {f: params.replace(point_fraction=fractions[f]) for f in fields}
   key = digest(SIM_VERSION, simulator_fingerprint(), params.to_json(), seed, counts, realism.REAL_CACHE_VERSION,
-               "matched-3")
+               fractions, "matched-4")
   path = cache_root() / f"{tag}-{key}.npz"
   if not path.is_file():
     conditions = calibrated_conditions(real, mr, params, seed, workers, fields)
     print(f"simulating {tag}: {sum(counts.values())} cutouts in the conditions of {len(fields)} fields", file=sys.stderr)
-    np.savez(path, **_simulate_fields(conditions, counts, params, seed, workers))
+    np.savez(path, **_simulate_fields(conditions, counts, per_field, seed, workers))
   with np.load(path, allow_pickle=False) as d:
     images, field, kind, snr = d["images"], d["field"], d["kind"], d["snr"]
   group = np.array([realism.FIELD_GROUPS[f] for f in field], dtype="<U16")

@@ -130,13 +130,16 @@ def native_noise_ratio(frame) -> float:
   sub = image - sep.Background(image, bw=64, bh=64, fw=3, fh=3).back()
   sigma = sdss_frames.noise_map(np.zeros_like(frame.image), frame.calib, frame.sky, frame.gain,
                                 frame.dark_variance).astype(np.float64)
-  pixstack = sep.get_extract_pixstack()
+  pixstack, sub_objects = sep.get_extract_pixstack(), sep.get_sub_object_limit()
   sep.set_extract_pixstack(max(pixstack, 5_000_000))
+  sep.set_sub_object_limit(max(sub_objects, 4096))
   try:
-    # No deblending (contrast 1): only the union of the sources' pixels is wanted.
-    _, segmentation = sep.extract(sub, 3.0, err=sigma, segmentation_map=True, minarea=5, deblend_cont=1.0)
+    # No deblending (one threshold, contrast 1): only the union of the sources' pixels is wanted.
+    _, segmentation = sep.extract(sub, 3.0, err=sigma, segmentation_map=True, minarea=5, deblend_nthresh=1,
+                                  deblend_cont=1.0)
   finally:
     sep.set_extract_pixstack(pixstack)
+    sep.set_sub_object_limit(sub_objects)
   free = ~ndimage.binary_dilation(segmentation > 0, iterations=4)
   z = (sub / sigma)[free]
   return float(MAD_TO_SIGMA * np.median(np.abs(z - np.median(z))))

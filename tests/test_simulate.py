@@ -437,13 +437,16 @@ def test_cutouts_are_detected_centred_and_their_truth_is_consistent():
     assert np.array_equal(labels, np.arange(2, 2 + len(cutout.neighbours)))
     present = set(np.unique(truth["mask"][row])) - {0, 1}
     assert present <= set(labels.tolist())
-    # The cutout is centred on the detection's windowed centroid: the truth lies within a pixel.
-    assert abs(cutout.central.x - 32) < 1.0 and abs(cutout.central.y - 32) < 1.0
+    # The cutout is centred on the detection's windowed centroid: the matched detection lies within 2 px of the
+    # truth and the windowed centroid moves at most 2 px more (blends pull it).
+    assert np.hypot(cutout.central.x - 32, cutout.central.y - 32) < P.DETECT_MATCH_RADIUS_PX + 2.0
     assert cutout.detect_snr >= params.detect_snr
     for n in cutout.neighbours:
       inside = -0.5 <= n.x < 63.5 and -0.5 <= n.y < 63.5
       assert inside or (truth["mask"][row] == 2 + cutout.neighbours.index(n)).any()
       assert np.hypot(n.x - cutout.central.x, n.y - cutout.central.y) > params.min_neighbour_distance_px - 1e-6
+  offsets = [np.hypot(c.central.x - 32, c.central.y - 32) for c in cutouts]
+  assert np.median(offsets) < 0.5
   bright = [c for c in cutouts if c.central.mag[2] < 18 and not c.neighbours]
   for c in bright:
     assert truth["mask"][cutouts.index(c), 32, 32] == 1

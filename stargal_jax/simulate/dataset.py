@@ -109,25 +109,32 @@ def simulate_cutout(rng: np.random.Generator, params: P.SimParams = P.SimParams(
       continue
     conditions, central, neighbours, background, shifts, residual = drawn
     sources = [central] + neighbours
-    scene = render.render_scene(sources, conditions, shifts, background, wings=params.psf_wings)
-    native, saturated = render.observe(scene.bands + residual[:, None, None], conditions, rng)
-    found = render.detect_central(native[2], conditions, (central.x, central.y), float(residual[2]))
+    scene = render.PreparedScene(sources, conditions, shifts, background, wings=params.psf_wings)
+    # Detection needs the r band only: the other bands are drawn and observed once it is found.
+    native_r, saturated_r = render.observe(scene.bands([2]) + residual[2], conditions, rng, bands=[2])
+    found = render.detect_central(native_r[0], conditions, (central.x, central.y), float(residual[2]))
     if not found.detected or found.saturated or found.snr < params.detect_snr:
       continue
-    return cut_detected(rng, params, native, saturated, scene, found, sources, conditions, shifts, attempt)
+    others = [0, 1, 3, 4]
+    native_rest, saturated_rest = render.observe(scene.bands(others) + residual[others, None, None], conditions, rng,
+                                                 bands=others)
+    native = np.stack([native_rest[0], native_rest[1], native_r[0], native_rest[2], native_rest[3]])
+    return cut_detected(rng, params, native, saturated_r or saturated_rest, scene, found, sources, conditions,
+                        shifts, attempt)
   raise RuntimeError(f"no {kind} detected in {MAX_ATTEMPTS} draws: the SimParams make it undetectable "
                      f"({params.to_json()})")
 
 
 def cut_detected(rng, params, native, saturated, scene, found, sources, conditions, shifts, attempts) -> Cutout:
   """The cutout of a detected central object, its truth mask and neighbour table."""
+  gri_native = scene.objects_gri()
   if params.resample_bands:
     image = render.resample_to_cutout(native, found.x, found.y, shifts)
-    objects_gri = render.resample_to_cutout(scene.objects_gri, found.x, found.y, order=1)  # smooth truth
+    objects_gri = render.resample_to_cutout(gri_native, found.x, found.y, order=1)  # smooth truth
     origin = (found.x - P.CENTRE_PIXEL, found.y - P.CENTRE_PIXEL)
   else:
     image, x0, y0 = render.integer_cutout(native, found.x, found.y)
-    objects_gri, _, _ = render.integer_cutout(scene.objects_gri, found.x, found.y)
+    objects_gri, _, _ = render.integer_cutout(gri_native, found.x, found.y)
     origin = (float(x0), float(y0))
   moved = [s.moved(-origin[0], -origin[1]) for s in sources]
   image = image.astype(np.float32)
@@ -143,7 +150,7 @@ def cut_detected(rng, params, native, saturated, scene, found, sources, conditio
   relabel[1] = 1
   relabel[[j + 1 for j in kept]] = np.arange(2, 2 + len(kept), dtype=np.uint8)
   mask = relabel[full_mask]
-  snr = render.matched_filter_snr(scene.central_r, conditions, band=2)
+  snr = render.matched_filter_snr(scene.central_r(), conditions, band=2)
   return Cutout(image=image, mask=mask, central=moved[0], neighbours=[moved[j] for j in kept],
                 conditions=conditions, snr_r=snr, detect_snr=float(found.snr), saturated=bool(saturated),
                 has_defect=has_defect, attempts=attempts)

@@ -45,16 +45,15 @@ DARK_VARIANCE_DN2 = np.array([
   [7.0225, 1.8225, 0.9025, 5.0625, 1.21],
 ])
 
-# Nanomaggies per DN for one 53.9 s frame: typical values of the frame header keyword NMGY (the
-# ubercalibrated zero points of Padmanabhan et al. 2008, ApJ 674, 1217, at survey airmasses).
-# The four DR17 frames in shared/data have u 0.0102-0.0155, g 0.0035-0.0045, r 0.0049-0.0055,
-# i 0.0064-0.0068, z 0.033-0.039.
-NMGY_PER_DN = (0.0125, 0.0040, 0.0052, 0.0066, 0.035)
+# Nanomaggies per DN for one 53.9 s frame (frame HDU1, the ubercalibrated zero points of Padmanabhan et
+# al. 2008, ApJ 674, 1217, at survey airmasses): medians over the six high-latitude fields of
+# shared/data (u 0.0067-0.0148, g 0.0032-0.0041, r 0.0047-0.0052, i 0.0066-0.0071, z 0.023-0.036).
+NMGY_PER_DN = (0.0102, 0.0038, 0.0050, 0.0067, 0.0324)
 
-# Dark-sky brightness in mag/arcsec^2 (SDSS imaging documentation; Stoughton et al. 2002, AJ 123,
-# 485). The sky models (HDU2) of the four shared frames give medians u 22.07, g 21.82, r 20.92,
-# i 20.24, z 18.99, within 0.1 mag of these.
-SKY_MAG_ARCSEC2 = (22.1, 21.8, 21.0, 20.2, 18.9)
+# Dark-sky brightness in mag/arcsec^2: medians of the sky models (HDU2 x calibration) of the six
+# high-latitude fields (scatter 0.12-0.25 mag); within 0.2 mag of the SDSS imaging documentation's
+# u 22.1, g 21.8, r 21.0, i 20.2, z 18.9 (Stoughton et al. 2002, AJ 123, 485).
+SKY_MAG_ARCSEC2 = (22.3, 21.96, 20.92, 20.04, 18.8)
 
 # Saturation: raw counts (sky included) at which a pixel saturates and its charge bleeds along the
 # column. Measured on the frames of shared/data: saturated stars plateau at 50,000-60,000 counts in
@@ -64,12 +63,10 @@ SKY_MAG_ARCSEC2 = (22.1, 21.8, 21.0, 20.2, 18.9)
 SATURATION_DN = 55000.0
 ADC_MAX_DN = 65535 - 1000
 
-# Kolmogorov seeing scales as lambda^(-1/5) (Fried 1966; Roddier 1981), giving u 1.12, g 1.06,
-# i 0.96, z 0.93 times r. SDSS z images are broader than that law (thick-CCD red halo, focus): the
-# ratio 0.97 is used for z. Measured on the six high-latitude fields of shared/data (median over
-# fields of the band/r stellar-locus widths in the cutouts, `realism.FieldConditions.psf_fwhm_px`):
-# u 1.13, g 1.04, i 0.96, z 0.92.
-SEEING_RATIO_TO_R = (1.12, 1.06, 1.0, 0.96, 0.97)
+# PSF width of each band relative to r: the median over the six high-latitude fields of shared/data of
+# the band/r stellar-locus widths in their cutouts (`realism.FieldConditions.psf_fwhm_px`); close to
+# Kolmogorov's lambda^(-1/5) (Fried 1966; Roddier 1981: u 1.12, g 1.06, i 0.96, z 0.93).
+SEEING_RATIO_TO_R = (1.13, 1.04, 1.0, 0.96, 0.92)
 
 # PSF wings. SDSS PSFs have extended power-law wings beyond the atmospheric core (Stoughton et al.
 # 2002, sect. 4.4: PHOTO models the PSF as a double Gaussian plus a power law). Measured here on the
@@ -198,8 +195,10 @@ class SimParams:
   # median 0.165, log-sigma 0.35).
   psf_wing_fraction: float = 0.165
   psf_wing_log_sigma: float = 0.35
-  # Photometric calibration scatter (transparency, airmass), log-normal sigma of NMGY_PER_DN.
-  calibration_sigma: float = 0.05
+  # Photometric calibration scatter over fields (transparency, airmass, CCD), log-normal sigma of
+  # NMGY_PER_DN per band: the six high-latitude fields' log standard deviations (u 0.27, g 0.07, r
+  # 0.04, i 0.02, z 0.13; in u the runs differ most).
+  calibration_sigma: tuple = (0.27, 0.07, 0.04, 0.03, 0.13)
   # Residual sky after SDSS's sky subtraction: a constant per cutout and band, Gaussian with these
   # sigmas (nanomaggies), the median over the six high-latitude fields of the rms of SEP's 64-px
   # background of the sky-subtracted frames (`realism.FieldConditions.sky_residual_nmgy`).
@@ -249,9 +248,11 @@ def validation_problems(p: SimParams) -> list[str]:
   need(p.r_bright_limit < p.r_faint_limit, f"r_bright_limit={p.r_bright_limit} must be < r_faint_limit={p.r_faint_limit}")
   need(p.neighbour_bright_mag < p.neighbour_faint_mag <= p.faint_background_limit_mag,
        "need neighbour_bright_mag < neighbour_faint_mag <= faint_background_limit_mag")
+  need(len(p.calibration_sigma) == 5 and all(v >= 0 for v in p.calibration_sigma),
+       f"calibration_sigma={p.calibration_sigma!r} must be 5 values >= 0 (u, g, r, i, z)")
   for name in ("neighbour_density_scale", "neighbour_margin_px", "min_neighbour_distance_px", "seeing_log_sigma",
                "seeing_band_jitter", "seeing_object_jitter", "psf_shear_sigma", "psf_shear_band_sigma",
-               "sky_mag_sigma", "sky_mag_band_sigma", "calibration_sigma", "mask_threshold_sigma",
+               "sky_mag_sigma", "sky_mag_band_sigma", "mask_threshold_sigma",
                "luminosity_evolution_q", "size_evolution_late", "size_evolution_early", "detect_snr"):
     need(getattr(p, name) >= 0, f"{name}={getattr(p, name)!r} must be >= 0")
   for name in ("seeing_r_median_arcsec", "galaxy_size_scale", "faint_background_hlr_arcsec"):

@@ -274,7 +274,8 @@ def sample_field(rng: np.random.Generator, params: P.SimParams) -> Conditions:
   g2 = shared_g[1] + rng.normal(0, params.psf_shear_band_sigma, 5)
   sky_mag = (np.array(P.SKY_MAG_ARCSEC2) + params.sky_mag_offset + rng.normal(0, params.sky_mag_sigma)
              + rng.normal(0, params.sky_mag_band_sigma, 5))
-  nmgy = np.array(P.NMGY_PER_DN) * np.exp(rng.normal(0, params.calibration_sigma, 5)) / exposure_scale(params)
+  nmgy = (np.array(P.NMGY_PER_DN) * np.exp(rng.normal(0, 1, 5) * np.asarray(params.calibration_sigma))
+          / exposure_scale(params))
   sky_nmgy_per_pixel = 10.0 ** (-0.4 * (sky_mag - 22.5)) * P.PIXEL_SCALE_ARCSEC ** 2
   noise_scale = np.array(params.noise_scale) * np.exp(rng.normal(0, params.noise_scale_sigma, 5))
   wing_fraction = float(np.clip(params.psf_wing_fraction * np.exp(rng.normal(0, params.psf_wing_log_sigma)), 0, 0.9))
@@ -486,7 +487,8 @@ def sample_faint_background(rng: np.random.Generator, params: P.SimParams, grid:
   n = int(rng.poisson(mean)) if mean > 0 else 0
   r = sample_counts_magnitude(rng, "GALAXY", lo, hi, size=n) if n else np.zeros(0)
   colours = np.array([np.interp(FAINT_BACKGROUND_Z, TRACK_Z, BLUE_TRACK[:, c]) for c in range(4)])
-  colours = colours[None, :] + rng.normal(0, BLUE_COLOUR_SCATTER, (n, 4))
-  mags = np.array([mags_from_colours(rr, cc) for rr, cc in zip(r, colours)]).reshape(n, 5)
+  ug, gr, ri, iz = (colours[None, :] + rng.normal(0, BLUE_COLOUR_SCATTER, (n, 4))).T
+  g, i = r + gr, r - ri
+  mags = np.stack([g + ug, g, r, i, i - iz], axis=1)  # mags_from_colours for many at once
   return FaintBackground(x=rng.uniform(0, grid, n), y=rng.uniform(0, grid, n),
                          flux=10.0 ** (-0.4 * (mags - 22.5)), hlr_arcsec=params.faint_background_hlr_arcsec)

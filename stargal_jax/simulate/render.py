@@ -302,48 +302,80 @@ class Scene:
   central_r: np.ndarray
 
 
+class PreparedScene:
+  """A scene's transforms, made once and drawn band by band: the detection needs only r, and the other
+  bands and the truth images are drawn only for detected objects."""
+
+  def __init__(self, sources: list[Source], conditions: Conditions, band_shifts: np.ndarray | None = None,
+               background: FaintBackground | None = None, wings: bool = True, size: int = NATIVE,
+               span: int | None = None):
+    self.span = fourier_span(conditions.psf_fwhm_arcsec) if span is None else span
+    self.conditions, self.wings, self.size = conditions, wings, size
+    self.band_shifts = band_shifts
+    comps, weights, owner = [], [], []
+    for index, source in enumerate(sources):
+      c, w = source_components(source, self.span)
+      comps += c
+      weights.append(w)
+      owner += [index] * len(c)
+    self.shape = comps[0].shape
+    self.stacked = np.stack(comps).reshape(len(comps), -1).view(np.float32)  # (n, 2 K^2): re, im interleaved
+    self.weights = np.concatenate(weights).astype(np.float32)  # (n_components, 5)
+    self.owner = np.array(owner)
+    self.n_sources = len(sources)
+    self.background = faint_background_kimage(background, self.span) if background is not None else None
+    self._psf = {}
+
+  def psf(self, band: int) -> np.ndarray:
+    if band not in self._psf:
+      pixel_2d = pixel_wing_kimage(float(self.conditions.psf_wing_fraction) if self.wings else 0.0, self.span)
+      exponent = kolmogorov_exponent(float(self.conditions.psf_g1[band]), float(self.conditions.psf_g2[band]), self.span)
+      self._psf[band] = (np.exp(-exponent * kolmogorov_scale(float(self.conditions.psf_fwhm_arcsec[band])))
+                         * pixel_2d).astype(np.float32)
+    return self._psf[band]
+
+  def combine(self, w: np.ndarray) -> np.ndarray:
+    """(m, n) real weights @ the stacked transforms -> (m, K, K) complex. einsum, not BLAS: for these
+    thin products BLAS threads cost more than they give (30x slower on a loaded 2-core machine)."""
+    return np.einsum("mn,nk->mk", w, self.stacked).view(COMPLEX).reshape((len(w),) + self.shape)
+
+  def bands(self, bands=range(5)) -> np.ndarray:
+    """(len(bands), size, size) noiseless images of the whole scene, each band on its own pixel grid."""
+    bands = list(bands)
+    band_sum = self.combine(self.weights[:, bands].T)
+    for row, b in enumerate(bands):
+      if self.background is not None:
+        band_sum[row] += self.background[b]
+      if self.band_shifts is not None and np.any(self.band_shifts[b]):
+        band_sum[row] *= shift_phase(float(self.band_shifts[b][0]), float(self.band_shifts[b][1]), self.span)
+      band_sum[row] *= self.psf(b)
+    return np.fft.ifft2(fold(band_sum)).real[:, :self.size, :self.size].astype(np.float64)
+
+  def central_r(self) -> np.ndarray:
+    """The central object (source 0) alone in r, on the r grid."""
+    w = np.where(self.owner == 0, self.weights[:, 2], 0.0).astype(np.float32)[None]
+    return to_stamp(self.combine(w)[0] * self.psf(2), self.size).astype(np.float64)
+
+  def objects_gri(self, mask_sources: list[int] | None = None) -> np.ndarray:
+    """(n, size, size) each listed source's own g+r+i image on the r grid (default all sources)."""
+    mask_sources = list(range(self.n_sources)) if mask_sources is None else list(mask_sources)
+    if not mask_sources:
+      return np.zeros((0, self.size, self.size))
+    select = np.zeros((len(mask_sources), len(self.owner)), np.float32)
+    for row, index in enumerate(mask_sources):
+      select[row, self.owner == index] = 1.0
+    gri = sum(self.combine(select * self.weights[:, b][None]) * self.psf(b)[None] for b in GRI)
+    return to_stamp(gri, self.size).astype(np.float64)
+
+
 def render_scene(sources: list[Source], conditions: Conditions, band_shifts: np.ndarray | None = None,
                  background: FaintBackground | None = None, mask_sources: list[int] | None = None,
                  wings: bool = True, size: int = NATIVE, span: int | None = None) -> Scene:
   """Noiseless images of a scene. sources[0] is the central object; positions are r-grid pixels and
   band b sees the scene shifted by band_shifts[b] = (dx, dy) pixels (its own grid); `mask_sources`
   are the sources whose own g+r+i images are wanted (default all)."""
-  span = fourier_span(conditions.psf_fwhm_arcsec) if span is None else span
-  psf = psf_pixel_kimages(conditions, wings, span).astype(np.float32)
-  shape = psf.shape[1:]
-  mask_sources = list(range(len(sources))) if mask_sources is None else list(mask_sources)
-  comps, weights, owner = [], [], []
-  for index, source in enumerate(sources):
-    c, w = source_components(source, span)
-    comps += c
-    weights.append(w)
-    owner += [index] * len(c)
-  stacked = np.stack(comps).reshape(len(comps), -1).view(np.float32)  # (n, 2 K^2): real, imag interleaved
-  weights = np.concatenate(weights).astype(np.float32)  # (n_components, 5)
-  owner = np.array(owner)
-
-  def combine(w: np.ndarray) -> np.ndarray:
-    """(m, n) real weights @ the stacked transforms -> (m, K, K) complex. einsum, not BLAS: for these
-    thin products BLAS threads cost more than they give (30x slower on a loaded 2-core machine)."""
-    return np.einsum("mn,nk->mk", w, stacked).view(COMPLEX).reshape((len(w),) + shape)
-
-  band_sum = combine(weights.T)
-  central_r = to_stamp(combine(np.where(owner == 0, weights[:, 2], 0.0)[None])[0] * psf[2], size)
-  objects_gri = np.zeros((len(mask_sources), size, size))
-  if mask_sources:
-    select = np.zeros((len(mask_sources), len(owner)), np.float32)
-    for row, index in enumerate(mask_sources):
-      select[row, owner == index] = 1.0
-    gri = sum(combine(select * weights[:, b][None]) * psf[b][None] for b in GRI)
-    objects_gri = to_stamp(gri, size)
-  if background is not None:
-    band_sum += faint_background_kimage(background, span)
-  if band_shifts is not None:
-    for b in range(5):
-      if np.any(band_shifts[b]):
-        band_sum[b] *= shift_phase(float(band_shifts[b][0]), float(band_shifts[b][1]), span)
-  bands = np.fft.ifft2(fold(band_sum * psf)).real[:, :size, :size].astype(np.float64)
-  return Scene(bands=bands, objects_gri=objects_gri.astype(np.float64), central_r=central_r.astype(np.float64))
+  scene = PreparedScene(sources, conditions, band_shifts, background, wings, size, span)
+  return Scene(bands=scene.bands(), objects_gri=scene.objects_gri(mask_sources), central_r=scene.central_r())
 
 
 def matched_filter_snr(model_nmgy: np.ndarray, conditions: Conditions, band: int) -> float:
@@ -384,22 +416,25 @@ def bleed_columns(dn: np.ndarray, level: float) -> tuple[np.ndarray, bool]:
   return out, True
 
 
-def observe(noiseless_nmgy: np.ndarray, conditions: Conditions, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-  """SDSS noise model; returns the sky-subtracted calibrated image (float64 nmgy) and saturation.
+def observe(noiseless_nmgy: np.ndarray, conditions: Conditions, rng: np.random.Generator,
+            bands=range(5)) -> tuple[np.ndarray, bool]:
+  """SDSS noise model of the listed bands; returns the sky-subtracted calibrated images (float64 nmgy)
+  and whether any pixel saturated.
 
   DN = expected + noise_scale x (Poisson(gain (object + sky)) / gain - expected + N(0, dark variance)),
   saturated and bled; then the sky level is subtracted and DN are converted to nanomaggies (SDSS frame
   data model).
   """
-  nmgy = conditions.nmgy_per_dn[:, None, None]
-  sky = conditions.sky_dn[:, None, None]
-  gain = conditions.gain[:, None, None]
-  scale = np.asarray(conditions.noise_scale, dtype=np.float64)[:, None, None]
+  bands = list(bands)
+  nmgy = conditions.nmgy_per_dn[bands, None, None]
+  sky = conditions.sky_dn[bands, None, None]
+  gain = conditions.gain[bands, None, None]
+  scale = np.asarray(conditions.noise_scale, dtype=np.float64)[bands, None, None]
   expected_dn = np.clip(noiseless_nmgy, 0, None) / nmgy + sky
   deviation = rng.poisson(expected_dn * gain) / gain - expected_dn
-  deviation += rng.normal(0, 1, deviation.shape) * np.sqrt(conditions.dark_variance)[:, None, None]
+  deviation += rng.normal(0, 1, deviation.shape) * np.sqrt(np.asarray(conditions.dark_variance)[bands])[:, None, None]
   dn = expected_dn + scale * deviation  # the measured noise level of real frames (noise_scale)
-  levels = saturation_levels_dn()
+  levels = saturation_levels_dn()[bands]
   saturated = False
   for b in range(len(dn)):
     dn[b], hit = bleed_columns(dn[b], levels[b])
