@@ -188,7 +188,11 @@ def matched_set(real: realism.CutoutSet, mr: dict, params: SimParams, seed: int,
   fields = sorted(set(real.field)) if fields is None else sorted(fields)
   counts = {f: int(round(factor * np.sum(real.field == f))) for f in fields}
   fractions = field_point_fractions(mr, real.field, fields, params)
-  per_field = {f: params.replace(point_fraction=fractions[f]) for f in fields}
+  # The same stellar density sets the field's neighbour stars: their density scales as the odds of a star.
+  odds = lambda p: p / (1 - p)  # noqa: E731
+  per_field = {f: params.replace(point_fraction=fractions[f],
+                                 star_density_scale=round(odds(fractions[f]) / odds(params.point_fraction), 3))
+               for f in fields}
   key = digest(SIM_VERSION, simulator_fingerprint(), params.to_json(), seed, counts, realism.REAL_CACHE_VERSION,
                fractions, "matched-4")
   path = cache_root() / f"{tag}-{key}.npz"
@@ -491,9 +495,9 @@ def main() -> None:
   boot = realism.field_bootstrap(mr, real.field, ms, n_boot=200, seed=args.seed)
 
   crowded = {}
-  for name, fields, groups in (("M2 core (2583-2-136, < 320 px from M2)", [realism.M2_FIELD], ("m2_core",)),
+  for name, fields, groups in (("M2 region (002583-2-0136, < 800 px from M2)", [realism.M2_FIELD], ("m2_region",)),
                                ("M2 field outside the core", [realism.M2_FIELD], ("m2_field",)),
-                               ("Galactic plane (5405-6-99)", ["005405-6-0099"], ("galactic_plane",))):
+                               ("Galactic plane (005405-6-0099)", ["005405-6-0099"], ("galactic_plane",))):
     cr = realism.real_reference(fields)
     keep = np.isin(cr.group, groups)
     cr = cr.select(np.flatnonzero(keep))

@@ -40,11 +40,12 @@ FIELD_GROUPS = {
   "003184-2-0169": "high_latitude", "007264-3-0111": "high_latitude", "008162-6-0080": "high_latitude",
   "002583-2-0136": "m2_field", "005405-6-0099": "galactic_plane",
 }
-GROUPS = ("high_latitude", "m2_field", "m2_core", "galactic_plane")
+GROUPS = ("high_latitude", "m2_field", "m2_region", "galactic_plane")
 # M2 (NGC 7089): centre near r-band pixel (212, 923) of 002583-2-0136 (shared/data README). Half-light
-# radius 1.06' (Harris 1996, 2010 edition) = 161 px; sources within 2 half-light radii (320 px) form the
-# "m2_core" group, the rest of that frame "m2_field" (still inside M2's 21' tidal radius).
-M2_FIELD, M2_CENTRE_PX, M2_CORE_RADIUS_PX = "002583-2-0136", (212.0, 923.0), 320.0
+# radius 1.06' (Harris 1996, 2010 edition) = 161 px. Within ~2 half-light radii nothing is detected
+# cleanly (saturated, merged); the detections crowd a ring out to ~800 px (5 half-light radii), the
+# "m2_region" group; the rest of that frame is "m2_field" (still inside M2's 21' tidal radius).
+M2_FIELD, M2_CENTRE_PX, M2_REGION_RADIUS_PX = "002583-2-0136", (212.0, 923.0), 800.0
 MAD_TO_SIGMA = 1.4826
 
 
@@ -101,13 +102,13 @@ def concatenate(sets: Sequence[CutoutSet]) -> CutoutSet:
 
 
 def object_group(field_name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """Group of each source of a field (`FIELD_GROUPS`; the M2 field split into core and rest)."""
+  """Group of each source of a field (`FIELD_GROUPS`; the M2 field split into the cluster region and the rest)."""
   if field_name not in FIELD_GROUPS:
     raise KeyError(f"unknown field {field_name!r}; known: {', '.join(FIELD_GROUPS)}")
   group = np.full(len(x), FIELD_GROUPS[field_name], dtype="<U16")
   if field_name == M2_FIELD:
-    core = np.hypot(np.asarray(x) - M2_CENTRE_PX[0], np.asarray(y) - M2_CENTRE_PX[1]) < M2_CORE_RADIUS_PX
-    group[core] = "m2_core"
+    near = np.hypot(np.asarray(x) - M2_CENTRE_PX[0], np.asarray(y) - M2_CENTRE_PX[1]) < M2_REGION_RADIUS_PX
+    group[near] = "m2_region"
   return group
 
 

@@ -141,9 +141,9 @@ def test_c2st_views_keep_what_they_say():
 
 
 def test_object_groups_split_the_m2_field():
-  x = np.array([212.0, 600.0, 212.0])
-  y = np.array([923.0, 900.0, 1300.0])
-  assert realism.object_group(realism.M2_FIELD, x, y).tolist() == ["m2_core", "m2_field", "m2_field"]
+  x = np.array([212.0, 900.0, 1100.0])
+  y = np.array([923.0, 900.0, 300.0])
+  assert realism.object_group(realism.M2_FIELD, x, y).tolist() == ["m2_region", "m2_region", "m2_field"]
   assert realism.object_group("001035-6-0017", x, y).tolist() == ["high_latitude"] * 3
   with pytest.raises(KeyError, match="known"):
     realism.object_group("999999-1-0001", x, y)

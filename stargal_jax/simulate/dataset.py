@@ -111,13 +111,15 @@ def simulate_cutout(rng: np.random.Generator, params: P.SimParams = P.SimParams(
     sources = [central] + neighbours
     scene = render.PreparedScene(sources, conditions, shifts, background, wings=params.psf_wings)
     # Detection needs the r band only: the other bands are drawn and observed once it is found.
-    native_r, saturated_r = render.observe(scene.bands([2]) + residual[2], conditions, rng, bands=[2])
+    # The residual sky is an error of the sky subtraction: it is added to the sky-subtracted image.
+    native_r, saturated_r = render.observe(scene.bands([2]), conditions, rng, bands=[2])
+    native_r = native_r + residual[2]
     found = render.detect_central(native_r[0], conditions, (central.x, central.y), float(residual[2]))
     if not found.detected or found.saturated or found.snr < params.detect_snr:
       continue
     others = [0, 1, 3, 4]
-    native_rest, saturated_rest = render.observe(scene.bands(others) + residual[others, None, None], conditions, rng,
-                                                 bands=others)
+    native_rest, saturated_rest = render.observe(scene.bands(others), conditions, rng, bands=others)
+    native_rest = native_rest + residual[others, None, None]
     native = np.stack([native_rest[0], native_rest[1], native_r[0], native_rest[2], native_rest[3]])
     return cut_detected(rng, params, native, saturated_r or saturated_rest, scene, found, sources, conditions,
                         shifts, attempt)

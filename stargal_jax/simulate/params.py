@@ -134,6 +134,9 @@ class SimParams:
   # the faint background), within the stamp or up to neighbour_margin_px outside it; none closer than
   # min_neighbour_distance_px to the centre (~the PSF FWHM: closer pairs are one detection).
   neighbour_density_scale: float = 1.0
+  # Stellar density of the field relative to the six high-latitude fields' mean (Galactic latitude): scales
+  # the star counts of the neighbours (the central objects' star share is point_fraction).
+  star_density_scale: float = 1.0
   neighbour_bright_mag: float = 14.0
   neighbour_faint_mag: float = 23.0
   neighbour_margin_px: float = 16.0
@@ -250,7 +253,7 @@ def validation_problems(p: SimParams) -> list[str]:
        "need neighbour_bright_mag < neighbour_faint_mag <= faint_background_limit_mag")
   need(len(p.calibration_sigma) == 5 and all(v >= 0 for v in p.calibration_sigma),
        f"calibration_sigma={p.calibration_sigma!r} must be 5 values >= 0 (u, g, r, i, z)")
-  for name in ("neighbour_density_scale", "neighbour_margin_px", "min_neighbour_distance_px", "seeing_log_sigma",
+  for name in ("neighbour_density_scale", "star_density_scale", "neighbour_margin_px", "min_neighbour_distance_px", "seeing_log_sigma",
                "seeing_band_jitter", "seeing_object_jitter", "psf_shear_sigma", "psf_shear_band_sigma",
                "sky_mag_sigma", "sky_mag_band_sigma", "mask_threshold_sigma",
                "luminosity_evolution_q", "size_evolution_late", "size_evolution_early", "detect_snr"):

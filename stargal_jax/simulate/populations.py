@@ -93,13 +93,17 @@ STELLAR_LOCUS = np.array([
   [2.50, 1.42, 0.90, 0.47],
   [2.60, 1.50, 1.40, 0.70],
 ])
-# High-latitude stars are two populations (Juric et al. 2008): F/G turn-off stars of the halo and
-# thick disk with K dwarfs (types A0-K5, weights below), and M dwarfs of the disk (M0, M2, M4), whose
-# share grows towards faint magnitudes. The share of point sources redder than g-r = 1.1 measured on
-# the six high-latitude fields of shared/data (|psf_minus_extended| < 0.1, 2" aperture colours; 531
-# stars r 14-21): 0.16 (r 14-17), 0.30 (17-18), 0.39 (18-19), 0.56 (19-20), 0.65 (20-20.5), 0.73
-# (20.5-21); extrapolated to 0.8 at r 22.5.
-STELLAR_TYPE_WEIGHTS = np.array([0.03, 0.08, 0.22, 0.22, 0.16, 0.15, 0.14, 0.0, 0.0, 0.0])
+# High-latitude stars (Juric et al. 2008): disk dwarfs, G-K at bright magnitudes, M dwarfs whose share
+# grows towards faint magnitudes, and halo / thick-disk turn-off stars (F-G, g-r ~0.3-0.4) that take over
+# the blue stars by r ~ 19.5. Types A0-K5 are drawn with DISK_TYPE_WEIGHTS at r <= 17 and HALO_TYPE_WEIGHTS
+# at r >= 19.5 (linear in between), M0-M4 with M_DWARF_WEIGHTS. The share of point sources redder than
+# g-r = 1.1 measured on the six high-latitude fields of shared/data (|psf_minus_extended| < 0.1, 2"
+# aperture colours; 531 stars r 14-21): 0.16 (r 14-17), 0.30 (17-18), 0.39 (18-19), 0.56 (19-20), 0.65
+# (20-20.5), 0.73 (20.5-21); extrapolated to 0.8 at r 22.5. Their bluer stars have median g-r 0.54 at
+# r < 18 (disk G-K) and 0.40 at r 18-20 (turn-off), which the two weight sets reproduce.
+DISK_TYPE_WEIGHTS = np.array([0.01, 0.04, 0.10, 0.18, 0.22, 0.24, 0.21, 0.0, 0.0, 0.0])
+HALO_TYPE_WEIGHTS = np.array([0.04, 0.10, 0.30, 0.28, 0.15, 0.08, 0.05, 0.0, 0.0, 0.0])
+DISK_TO_HALO_R = (17.0, 19.5)
 M_DWARF_WEIGHTS = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.40, 0.35, 0.25])
 M_DWARF_SHARE_R = np.array([16.5, 17.5, 18.5, 19.5, 20.25, 20.75, 22.5])
 M_DWARF_SHARE = np.array([0.16, 0.30, 0.39, 0.56, 0.65, 0.73, 0.80])
@@ -149,6 +153,21 @@ BLUE_TRACK = np.array([
   [0.25, 0.28, 0.30, 0.35, 0.40, 0.50, 0.60, 0.75, 0.90],
   [0.15, 0.20, 0.22, 0.25, 0.28, 0.30, 0.35, 0.45, 0.60],
 ]).T
+# Irregular / star-forming galaxies (Im): bluer than the Sbc-Scd blue track (z = 0: g-r 0.27 against
+# ~0.45-0.57, Fukugita et al. 1995), and more so when redshifted, since their spectra are flat (observed
+# offsets from the blue track in u-g, g-r, r-i, i-z, against z, approximate, from flat-spectrum
+# templates redshifted through the SDSS bands). Their share of the blue galaxies grows towards faint
+# magnitudes: a few per cent in bright samples, ~30% of the galaxies at I ~ 22 in HST morphological
+# counts (Glazebrook et al. 1995, MNRAS 275, L19; Driver et al. 1995, ApJ 449, L23). They are pure disks.
+IRREGULAR_OFFSET_Z = np.array([0.0, 0.3, 0.5, 1.2])
+IRREGULAR_OFFSET = np.array([
+  [-0.30, -0.15, -0.10, -0.05],
+  [-0.30, -0.35, -0.15, -0.08],
+  [-0.30, -0.50, -0.20, -0.10],
+  [-0.30, -0.50, -0.30, -0.15],
+])
+IRREGULAR_SHARE_R = np.array([17.5, 22.0])
+IRREGULAR_SHARE = np.array([0.05, 0.35])
 RED_COLOUR_SCATTER = np.array([0.10, 0.05, 0.04, 0.04])
 BLUE_COLOUR_SCATTER = np.array([0.15, 0.10, 0.06, 0.06])
 # Crude r-band k-corrections, K_r ~ slope * z (red ~2.0, blue ~0.8; Blanton & Roweis 2007).
@@ -315,7 +334,11 @@ def m_dwarf_share(r: float) -> float:
 def star_colours(rng: np.random.Generator, r: float = 20.0) -> np.ndarray:
   """A point on the stellar locus: a spectral type (weighted; M dwarfs with their share at this r),
   interpolated between neighbouring types, plus the locus width."""
-  weights = M_DWARF_WEIGHTS if rng.random() < m_dwarf_share(r) else STELLAR_TYPE_WEIGHTS
+  if rng.random() < m_dwarf_share(r):
+    weights = M_DWARF_WEIGHTS
+  else:
+    halo = float(np.clip((r - DISK_TO_HALO_R[0]) / (DISK_TO_HALO_R[1] - DISK_TO_HALO_R[0]), 0.0, 1.0))
+    weights = (1 - halo) * DISK_TYPE_WEIGHTS + halo * HALO_TYPE_WEIGHTS
   node = rng.choice(len(weights), p=weights / weights.sum())
   t = np.clip(node + rng.uniform(-0.5, 0.5), 0, len(STELLAR_LOCUS) - 1)
   lo = int(np.floor(t))
@@ -401,10 +424,13 @@ def make_galaxy(rng: np.random.Generator, r: float, x: float, y: float,
   """
   z = float(np.clip(median_redshift(r) * np.exp(rng.normal(0, Z_LOG_SIGMA)), *GALAXY_Z_RANGE))
   red = rng.random() < float(np.interp(r, RED_FRACTION_R, RED_FRACTION))
+  irregular = (not red) and rng.random() < float(np.interp(r, IRREGULAR_SHARE_R, IRREGULAR_SHARE))
   track, scatter = (RED_TRACK, RED_COLOUR_SCATTER) if red else (BLUE_TRACK, BLUE_COLOUR_SCATTER)
   colours = np.array([np.interp(z, TRACK_Z, track[:, c]) for c in range(4)]) + rng.normal(0, scatter)
+  if irregular:
+    colours = colours + np.array([np.interp(z, IRREGULAR_OFFSET_Z, IRREGULAR_OFFSET[:, c]) for c in range(4)])
   bulge_colours = colours + BULGE_COLOUR_OFFSET * (0.3 if red else 1.0)
-  bt_r = 0.0 if single_disk else float(rng.beta(*(BT_BETA_RED if red else BT_BETA_BLUE)))
+  bt_r = 0.0 if single_disk or irregular else float(rng.beta(*(BT_BETA_RED if red else BT_BETA_BLUE)))
   # Component fluxes per band: the r-band split by B/T, the other bands from each one's colours.
   flux_r = 10.0 ** (-0.4 * (r - 22.5))
   bulge_flux = bt_r * flux_r * 10.0 ** (-0.4 * (mags_from_colours(0.0, bulge_colours)))
@@ -459,7 +485,8 @@ def sample_neighbours(rng: np.random.Generator, params: P.SimParams, centre_xy: 
   `centre_xy` and neighbour_margin_px around it, none closer than min_neighbour_distance_px to it.
   Galaxies fainter than `simple_fainter_than` are pure exponential disks."""
   lo, hi = params.neighbour_bright_mag, params.neighbour_faint_mag
-  mean = params.neighbour_density_scale * counts_per_deg2("FIELD", lo, hi) * neighbour_area_deg2(params, stamp)
+  per_deg2 = counts_per_deg2("GALAXY", lo, hi) + params.star_density_scale * counts_per_deg2("STAR", lo, hi)
+  mean = params.neighbour_density_scale * per_deg2 * neighbour_area_deg2(params, stamp)
   count = int(rng.poisson(mean)) if mean > 0 else 0
   half = stamp / 2 + params.neighbour_margin_px
   neighbours = []
@@ -468,8 +495,11 @@ def sample_neighbours(rng: np.random.Generator, params: P.SimParams, centre_xy: 
       dx, dy = rng.uniform(-half, half, 2)
       if np.hypot(dx, dy) > params.min_neighbour_distance_px:
         break
-    r = sample_counts_magnitude(rng, "FIELD", lo, hi)
-    kind = "STAR" if rng.random() < float(star_density(r) / counts_density("FIELD", r)) else "GALAXY"
+    r = sample_counts_magnitude(rng, "FIELD", lo, hi) if params.star_density_scale == 1.0 else \
+        sample_counts_magnitude(rng, "STAR" if rng.random() < params.star_density_scale * counts_per_deg2("STAR", lo, hi)
+                                / per_deg2 else "GALAXY", lo, hi)
+    stars = params.star_density_scale * float(star_density(r))
+    kind = "STAR" if rng.random() < stars / (stars + float(galaxy_density(r))) else "GALAXY"
     neighbours.append(make_source(rng, kind, r, float(centre_xy[0] + dx), float(centre_xy[1] + dy), params,
                                   single_disk=r > simple_fainter_than))
   return neighbours
