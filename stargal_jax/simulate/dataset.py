@@ -129,15 +129,14 @@ def simulate_cutout(rng: np.random.Generator, params: P.SimParams = P.SimParams(
 
 def cut_detected(rng, params, native, saturated, scene, found, sources, conditions, shifts, attempts) -> Cutout:
   """The cutout of a detected central object, its truth mask and neighbour table."""
-  gri_native = scene.objects_gri()
   if params.resample_bands:
     image = render.resample_to_cutout(native, found.x, found.y, shifts)
-    objects_gri = render.resample_to_cutout(gri_native, found.x, found.y, order=1)  # smooth truth
     origin = (found.x - P.CENTRE_PIXEL, found.y - P.CENTRE_PIXEL)
   else:
     image, x0, y0 = render.integer_cutout(native, found.x, found.y)
-    objects_gri, _, _ = render.integer_cutout(gri_native, found.x, found.y)
     origin = (float(x0), float(y0))
+  # Truth images are noiseless: drawn directly on the cutout grid.
+  objects_gri = scene.objects_gri(origin=origin, size=P.STAMP_SIZE)
   moved = [s.moved(-origin[0], -origin[1]) for s in sources]
   image = image.astype(np.float32)
   has_defect = bool(rng.random() < params.defect_fraction)

@@ -302,6 +302,18 @@ class Scene:
   central_r: np.ndarray
 
 
+PSF_FWHM_DECIMALS = 3  # PSF transforms are cached per 0.001" of FWHM (the per-object jitter is ~0.03")
+
+
+@functools.lru_cache(maxsize=512)
+def psf_pixel_kimage(fwhm: float, g1: float, g2: float, wing_fraction: float, span: int) -> np.ndarray:
+  """One band's PSF x pixel transform (float32, cached)."""
+  exponent = kolmogorov_exponent(g1, g2, span)
+  out = (np.exp(-exponent * kolmogorov_scale(fwhm)) * pixel_wing_kimage(wing_fraction, span)).astype(np.float32)
+  out.flags.writeable = False
+  return out
+
+
 class PreparedScene:
   """A scene's transforms, made once and drawn band by band: the detection needs only r, and the other
   bands and the truth images are drawn only for detected objects."""
@@ -328,10 +340,10 @@ class PreparedScene:
 
   def psf(self, band: int) -> np.ndarray:
     if band not in self._psf:
-      pixel_2d = pixel_wing_kimage(float(self.conditions.psf_wing_fraction) if self.wings else 0.0, self.span)
-      exponent = kolmogorov_exponent(float(self.conditions.psf_g1[band]), float(self.conditions.psf_g2[band]), self.span)
-      self._psf[band] = (np.exp(-exponent * kolmogorov_scale(float(self.conditions.psf_fwhm_arcsec[band])))
-                         * pixel_2d).astype(np.float32)
+      c = self.conditions
+      self._psf[band] = psf_pixel_kimage(round(float(c.psf_fwhm_arcsec[band]), PSF_FWHM_DECIMALS), float(c.psf_g1[band]),
+                                         float(c.psf_g2[band]), float(c.psf_wing_fraction) if self.wings else 0.0,
+                                         self.span)
     return self._psf[band]
 
   def combine(self, w: np.ndarray) -> np.ndarray:
@@ -356,16 +368,21 @@ class PreparedScene:
     w = np.where(self.owner == 0, self.weights[:, 2], 0.0).astype(np.float32)[None]
     return to_stamp(self.combine(w)[0] * self.psf(2), self.size).astype(np.float64)
 
-  def objects_gri(self, mask_sources: list[int] | None = None) -> np.ndarray:
-    """(n, size, size) each listed source's own g+r+i image on the r grid (default all sources)."""
+  def objects_gri(self, mask_sources: list[int] | None = None, origin: tuple[float, float] = (0.0, 0.0),
+                  size: int | None = None) -> np.ndarray:
+    """(n, size, size) each listed source's own g+r+i image on the r grid (default all sources), the grid
+    starting at r-pixel `origin` (x, y): drawn exactly by shifting the transforms, no interpolation."""
+    size = self.size if size is None else size
     mask_sources = list(range(self.n_sources)) if mask_sources is None else list(mask_sources)
     if not mask_sources:
-      return np.zeros((0, self.size, self.size))
+      return np.zeros((0, size, size))
     select = np.zeros((len(mask_sources), len(self.owner)), np.float32)
     for row, index in enumerate(mask_sources):
       select[row, self.owner == index] = 1.0
     gri = sum(self.combine(select * self.weights[:, b][None]) * self.psf(b)[None] for b in GRI)
-    return to_stamp(gri, self.size).astype(np.float64)
+    if origin[0] or origin[1]:
+      gri = gri * shift_phase(-float(origin[0]), -float(origin[1]), self.span)[None]
+    return to_stamp(gri, size).astype(np.float64)
 
 
 def render_scene(sources: list[Source], conditions: Conditions, band_shifts: np.ndarray | None = None,
