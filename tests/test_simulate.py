@@ -212,6 +212,18 @@ def test_neighbour_counts_are_poisson_with_the_field_density():
   assert all(n == [] for n in none)
 
 
+def test_star_density_scale_sets_the_neighbour_star_share():
+  params = SimParams(star_density_scale=3.0)
+  rng = np.random.default_rng(11)
+  neighbours = [n for _ in range(1500) for n in pop.sample_neighbours(rng, params, (40.0, 40.0))]
+  lo, hi = params.neighbour_bright_mag, params.neighbour_faint_mag
+  stars = 3.0 * integrate.quad(pop.star_density, lo, hi)[0]
+  galaxies = integrate.quad(pop.galaxy_density, lo, hi, points=[P.GALAXY_SLOPE_BREAK])[0]
+  share = stars / (stars + galaxies)
+  observed = np.mean([n.kind == "STAR" for n in neighbours])
+  assert observed == pytest.approx(share, abs=4 * np.sqrt(share * (1 - share) / len(neighbours)))
+
+
 def test_m_dwarf_share_follows_its_table():
   rng = np.random.default_rng(5)
   for r in (16.0, 19.5, 21.0):
