@@ -170,3 +170,32 @@ def plot_image_grid(images, titles: Sequence[str] | None, path, columns: int = 8
       if titles is not None:
         axes.set_title(str(titles[index]), fontsize=7)
   return _save(figure, path)
+
+
+def plot_training_curves(history: Sequence[Mapping[str, float]], path, title: str = "training") -> Path:
+  """One small panel per logged quantity of a trainer history (`train.TrainResult.history`: dicts with `step`
+  and one number per key) against the step: `total` first, then the loss terms, `grad_norm`, `images_per_second`.
+  Positive quantities spanning more than a decade are drawn on a log axis."""
+  if not history:
+    raise ValueError("an empty history has no curves")
+  steps = np.array([entry["step"] for entry in history], dtype=np.float64)
+  keys = list(dict.fromkeys(k for entry in history for k in entry if k != "step"))
+  last = ("grad_norm", "images_per_second")
+  keys = sorted(keys, key=lambda k: (k != "total", k in last, last.index(k) if k in last else 0))
+  columns = min(3, len(keys))
+  rows = -(-len(keys) // columns)
+  figure = Figure(figsize=(3.4 * columns, 2.5 * rows))
+  grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+  for axes, key in zip(grid, keys):
+    values = np.array([entry.get(key, np.nan) for entry in history], dtype=np.float64)
+    axes.plot(steps, values, color="k" if key == "total" else "tab:blue", lw=1.4, marker="." if len(steps) < 30 else None)
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
+      axes.set_yscale("log")
+    axes.set(title=key.replace("_", " "), xlabel="step")
+    axes.grid(alpha=0.3)
+  for axes in grid[len(keys):]:
+    axes.set_axis_off()
+  figure.suptitle(title)
+  figure.tight_layout()
+  return _save(figure, path)

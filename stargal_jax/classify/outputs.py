@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stargal_jax import metrics, plots, report
-from stargal_jax.classify import evaluate
+from stargal_jax import curves, metrics, plots, report
+from stargal_jax.classify import evaluate, pipelines
 from stargal_jax.data.formats import CLASS_CODES
 
 HEADLINE = ("auc", "auc_best_sign", "accuracy", "galaxy_purity_at_96_completeness", "star_completeness_at_97_purity")
@@ -82,7 +82,11 @@ def write_outputs(workdir: Path, evaluations: list[dict], latents_per_seed: np.n
            pred=stack("pred").astype(np.int8))
   np.savez(workdir / "latents.npz", objID=object_ids, **latent_arrays, label=labels, r_mag=measurements["r_mag"])
   plot_paths: dict[str, str] = {}
+  curve_paths: dict[str, str] = {}
   if make_plots:
+    # A seed_scope='all' study trains (and records) every seed in its own folder: the report shows seed 0's.
+    history_root = workdir if curves.recorded_stages(workdir) else pipelines.seed_dir(workdir, 0)
+    curve_paths = curves.write_curve_figures(workdir, history_root)
     plot_paths = write_plots(workdir, evaluations[0], latents_per_seed[0], labels, measurements)
     if num_seeds > 1:
       plots.plot_seed_distribution({"AUC (label-free)": out["auc_per_seed"],
@@ -92,5 +96,5 @@ def write_outputs(workdir: Path, evaluations: list[dict], latents_per_seed: np.n
   title = f"stargal_jax: {first.get('pipeline', 'evaluation')}"
   if num_seeds > 1:
     title += f", {num_seeds} seeds (plots and per-magnitude tables: seed 0)"
-  report.write_report(workdir, metrics.to_json_safe(rows), plot_paths, config_text, title=title)
+  report.write_report(workdir, metrics.to_json_safe(rows), plot_paths, config_text, title=title, curves=curve_paths)
   return out
