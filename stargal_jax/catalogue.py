@@ -204,6 +204,17 @@ def format_of(path: str | Path, fmt: str | None = None) -> str:
   return {".ecsv": "ecsv", ".csv": "csv"}.get(suffix, "fits")
 
 
+def fitting_comment(keyword: str, value: Any, comment: str) -> str:
+  """`comment` shortened until the card (keyword, value, comment) fits its 80 characters (FITS would truncate)."""
+  for length in range(len(comment), -1, -1):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", fits.verify.VerifyWarning)
+      fits.Card(keyword, value, comment[:length]).image
+    if not caught:
+      return comment[:length]
+  return ""
+
+
 def _fits_hdul(table: Table) -> fits.HDUList:
   """astropy's own FITS table (units, and its YAML column metadata: descriptions and dtypes come back on read),
   then the header comments, TCOMMn descriptions and the extension name."""
@@ -218,10 +229,10 @@ def _fits_hdul(table: Table) -> fits.HDUList:
     header = hdul[1].header
     for keyword, comment in comments.items():
       if keyword in header:
-        header.comments[keyword] = comment[:47]
+        header.comments[keyword] = fitting_comment(keyword, header[keyword], comment)
     for number, name in enumerate(table.colnames, start=1):
       description = table[name].description or ""
-      header.comments[f"TTYPE{number}"] = description[:47]
+      header.comments[f"TTYPE{number}"] = fitting_comment(f"TTYPE{number}", name, description)
       header.insert(f"TTYPE{number}", (f"TCOMM{number}", description), after=True)
   hdul[1].name = EXTENSION_NAME
   return hdul

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
 from stargal_jax import catalogue, curves, metrics, plots, report
@@ -100,11 +99,13 @@ def write_run_catalogue(workdir: Path, evaluations: list[dict], labelled_store, 
   n = len(labelled_store)
   stack = (lambda key: np.stack([e[key] for e in evaluations])) if len(evaluations) > 1 else (
       lambda key: evaluations[0][key])
-  nonfinite = catalogue.nonfinite_pixels(labelled_store)
   names = {code: name for name, code in CLASS_CODES.items()}
   columns = {"id": np.arange(1, n + 1), "objID": np.asarray(labelled_store.index["objID"]),
              **classification_columns(stack("score"), stack("pred"), float(config.data.star_fraction)),
-             **measurement_columns(measurements), "n_nonfinite": nonfinite, "flag_nonfinite": nonfinite > 0}
+             **measurement_columns(measurements)}
+  if labelled_store.files:  # the input files it was packed from hold the non-finite pixels
+    nonfinite = catalogue.nonfinite_pixels(labelled_store)
+    columns.update(n_nonfinite=nonfinite, flag_nonfinite=nonfinite > 0)
   columns["flags"] = catalogue.flag_mask(columns)
   columns["eval_label"] = [names.get(int(c), "NONE") for c in np.asarray(labelled_store.index["label"])]
   columns["eval_z"] = np.asarray(labelled_store.index["z"])
@@ -115,8 +116,9 @@ def write_run_catalogue(workdir: Path, evaluations: list[dict], labelled_store, 
 
 def write_outputs(workdir: Path, evaluations: list[dict], latents_per_seed: np.ndarray, labelled_store,
                   measurements: dict, star_fraction: float, mag_bins, extra_metrics: dict, config_text: str,
-                  make_plots: bool = True) -> dict:
-  """Writes every output of a run of S = len(evaluations) seeds once; returns the metrics written."""
+                  make_plots: bool = True, config=None) -> dict:
+  """Writes every output of a run of S = len(evaluations) seeds once; returns the metrics written. With the run's
+  `config`, also `catalogue.fits` (its header records the run)."""
   workdir = Path(workdir)
   labels = np.asarray(labelled_store.index["label"])
   object_ids = np.asarray(labelled_store.index["objID"])
@@ -135,8 +137,9 @@ def write_outputs(workdir: Path, evaluations: list[dict], latents_per_seed: np.n
   np.savez(workdir / "predictions.npz", objID=object_ids, score=stack("score").astype(np.float32),
            pred=stack("pred").astype(np.int8))
   np.savez(workdir / "latents.npz", objID=object_ids, **latent_arrays, label=labels, r_mag=measurements["r_mag"])
-  write_run_catalogue(workdir, evaluations, labelled_store, measurements,
-                      ml_collections.ConfigDict(json.loads(config_text)), str(extra_metrics.get("data_source", "")))
+  if config is not None:
+    write_run_catalogue(workdir, evaluations, labelled_store, measurements, config,
+                        str(extra_metrics.get("data_source", "")))
   plot_paths: dict[str, str] = {}
   curve_paths: dict[str, str] = {}
   if make_plots:

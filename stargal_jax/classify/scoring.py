@@ -86,7 +86,7 @@ def orient_and_threshold(raw: np.ndarray, measurements: dict, star_fraction: flo
 def rank_quantile(score: np.ndarray) -> np.ndarray:
   """(N,) rank of each score within the set over N - 1: 0 the lowest (most point-like), 1 the highest."""
   score = np.asarray(score, dtype=np.float64)
-  return np.argsort(np.argsort(score)) / max(len(score) - 1, 1)
+  return np.argsort(np.argsort(score, kind="stable")) / max(len(score) - 1, 1)  # ties: in row order
 
 
 def consensus_score(scores: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import sep
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from stargal_jax import CUTOUT_CENTRE, BANDS, sdss_frames
+from stargal_jax import BANDS, CUTOUT_CENTRE, catalogue, sdss_frames
 from stargal_jax.segment import labelling
 
 MAP_DTYPE = np.int32
@@ -247,7 +247,7 @@ def write_segmentation_map(path: str | Path, seg_map: np.ndarray, field: sdss_fr
     header = WCS(field.reference.header).to_header()
   header["BUNIT"] = ("", "catalogue row id (0: background)")
   for keyword, value, comment in cards:
-    header[keyword] = (value, comment[:47])
+    header[keyword] = (value, catalogue.fitting_comment(keyword, value, comment))
   header["OVERLAP"] = ("nearest centre", OVERLAP_RULE[:47])
   header.add_comment("SExtractor segmentation-map convention: 0 = background, k = the object in row id = k of "
                      "the catalogue. Pixel (x, y) of the catalogue (0-based) is array element [y, x].")
