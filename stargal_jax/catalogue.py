@@ -129,14 +129,24 @@ def flag_mask(columns: Mapping[str, np.ndarray]) -> np.ndarray:
   return mask
 
 
+def column_order(name: str) -> tuple[int, int]:
+  """Where a column stands in every catalogue: `COLUMNS` order, a seed study's per-seed columns after `class`."""
+  column_spec(name)  # an unknown name fails here
+  match = SEED_COLUMN.match(name)
+  if match:
+    return list(COLUMNS).index("class"), 1 + 2 * int(match.group(2)) + (match.group(1) == "class")
+  return list(COLUMNS).index(name), 0
+
+
 def make_table(columns: Mapping[str, Any], header: Sequence[tuple[str, Any, str]] = ()) -> Table:
-  """An astropy Table of `columns` (name -> (N,) values, in the given order), each with the dtype, unit and
+  """An astropy Table of `columns` (name -> (N,) values; ordered by `column_order`), each with the dtype, unit and
   description of its `COLUMNS` entry; `header` cards (keyword, value, comment) go to `table.meta`."""
   lengths = {name: len(values) for name, values in columns.items()}
   if len(set(lengths.values())) > 1:
     raise ValueError(f"catalogue columns differ in length: {lengths}")
   table = Table()
-  for name, values in columns.items():
+  for name in sorted(columns, key=column_order):
+    values = columns[name]
     spec = column_spec(name)
     table[name] = Column(np.asarray(values).astype(spec.dtype), unit=spec.unit, description=spec.description)
   for keyword, value, _ in header:

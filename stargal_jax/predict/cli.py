@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--format", choices=sorted(catalogue.FORMATS), default=None,
                       help="catalogue format (default: from --out's suffix, .ecsv / .csv, else fits)")
   parser.add_argument("--map", help=f"--field: segmentation map to write (default OUT stem + {MAP_SUFFIX})")
+  parser.add_argument("--figure", help="--field: also write a PNG of the map's outlines on the r frame (galaxies "
+                      "blue, point-like orange) with a zoom on its most crowded 300 x 220 px")
   parser.add_argument("--regions", help="also write a DS9 region file (fk5 circles: blue galaxies, orange "
                       "point-like, labelled with the catalogue id)")
   return parser
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_arguments(args, parser: argparse.ArgumentParser) -> None:
   """Argument mistakes, before any work."""
   if not args.field:
-    for name in ("positions", "detect_snr", "max_objects", "map"):
+    for name in ("positions", "detect_snr", "max_objects", "map", "figure"):
       if getattr(args, name) not in (None, False):
         parser.error(f"--{name.replace('_', '-')} needs --field")
     if args.keep_flagged:
@@ -290,6 +292,29 @@ def write_regions(path: str | Path, table) -> Path:
   return Path(path)
 
 
+def crowded_window(x, y, shape: tuple[int, int], width: int = 300, height: int = 220) -> tuple[int, int, int, int]:
+  """(x0, x1, y0, y1) of the `width` x `height` window of the frame holding the most objects (a 20 px grid)."""
+  best, window = -1, (0, width, 0, height)
+  for y0 in range(0, max(shape[0] - height, 0) + 1, 20):
+    for x0 in range(0, max(shape[1] - width, 0) + 1, 20):
+      count = int(np.sum((x >= x0) & (x < x0 + width) & (y >= y0) & (y < y0 + height)))
+      if count > best:
+        best, window = count, (x0, min(x0 + width, shape[1]), y0, min(y0 + height, shape[0]))
+  return window
+
+
+def write_figure(path: str | Path, seg_map: np.ndarray, field, table) -> Path:
+  from stargal_jax import plots
+  x, y = np.asarray(table["x"]), np.asarray(table["y"])
+  reference = field.reference
+  sky_sigma = float(np.nanmedian(reference.noise))
+  galaxies = int(np.sum(table["class"] == 1))
+  title = (f"{field.name}: {len(table)} objects, {galaxies} galaxies (blue), {len(table) - galaxies} point-like "
+           f"(orange); segmentation {table.meta['SEGMAP']}")
+  return plots.plot_segmentation_overlay(reference.image, seg_map, np.asarray(table["class"]) == 1, x, y, path,
+                                         sky_sigma, zoom=crowded_window(x, y, reference.shape), title=title)
+
+
 def run_command(args) -> int:
   from stargal_jax.segment import field_maps
 
@@ -312,6 +337,8 @@ def run_command(args) -> int:
     field_maps.write_segmentation_map(map_path, seg_map, field,
                                       header + [("CATALOG", out.name, "the catalogue whose id column these are")])
     written.append(str(map_path))
+    if args.figure:
+      written.append(str(write_figure(args.figure, seg_map, field, table)))
   if args.regions:
     if "ra" not in table.colnames:
       raise UserError("--regions needs sky positions: --field, or --cutouts written by sdss_frames")
