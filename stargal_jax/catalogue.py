@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import io
-import json
 import re
 import warnings
 from pathlib import Path
@@ -28,12 +27,11 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Column, Table
 
-from stargal_jax import BANDS, __version__, registry
+from stargal_jax import BANDS, __version__, registry, run_identity
 
 FORMATS = {"fits": "fits", "ecsv": "ascii.ecsv", "csv": "ascii.csv"}
 EXTENSION_NAME = "CATALOGUE"
 NOT_RECORDED = "not recorded"
-RUN_IDENTITY_FILE = "run_identity.json"  # WORKDIR/run_identity.json, its "fingerprint": what determines the trained state
 SEED_COLUMN = re.compile(r"^(score|class)_s(\d{3})$")
 # Flag bits of the `flags` column (SExtractor-style bit mask), each also a boolean column of the same meaning.
 FLAG_BITS = {"flag_nonfinite": 1, "flag_saturated": 2, "flag_neighbours": 4, "flag_edge": 8}
@@ -155,24 +153,15 @@ def make_table(columns: Mapping[str, Any], header: Sequence[tuple[str, Any, str]
   return table
 
 
-def run_fingerprint(workdir: str | Path) -> str:
-  """`fingerprint` of WORKDIR/run_identity.json (what determines the trained state), or 'not recorded'."""
-  path = Path(workdir) / RUN_IDENTITY_FILE
-  if not path.is_file():
-    return NOT_RECORDED
+def recorded_identity(workdir: str | Path, key: str) -> str:
+  """`key` of the run's recorded identity (`run_identity.read`: WORKDIR/run_identity.json), or 'not recorded' for
+  runs made before identities existed."""
   try:
-    return str(json.loads(path.read_text())["fingerprint"])
-  except (ValueError, KeyError, TypeError):
+    recorded = run_identity.read(Path(workdir))
+  except run_identity.RunIdentityError:
     return NOT_RECORDED
-
-
-def run_config_name(workdir: str | Path) -> str:
-  """The config file a run was launched with, when WORKDIR/run_identity.json records it ('config')."""
-  path = Path(workdir) / RUN_IDENTITY_FILE
-  try:
-    return str(json.loads(path.read_text()).get("config") or NOT_RECORDED) if path.is_file() else NOT_RECORDED
-  except (ValueError, AttributeError):
-    return NOT_RECORDED
+  value = (recorded or {}).get(key)
+  return str(value) if value else NOT_RECORDED
 
 
 def utc_now() -> str:
@@ -190,8 +179,9 @@ def header_cards(workdir: str | Path, config, data_source: str, n_objects: int,
       ("DATE", utc_now(), "UTC date and time this file was written"),
       ("RUNDIR", str(Path(workdir).resolve()), "the trained run that classified these objects"),
       ("PIPELINE", str(config.pipeline), "the run's pipeline (config.pipeline)"),
-      ("CONFIG", run_config_name(workdir), "the run's config file (run_identity.json)"),
-      ("FINGERPR", run_fingerprint(workdir), "sha256 of what determines the trained state (run_identity.json)"),
+      ("CFGFPR", recorded_identity(workdir, "config_fingerprint"), "sha256 of the run's training settings"),
+      ("FINGERPR", recorded_identity(workdir, "fingerprint"), "sha256 of what determines the trained state "
+                                                              "(settings, data, version: run_identity.json)"),
       ("SCOREMTH", str(config.score.method), "label-free score method (config.score.method)"),
       ("NSEEDS", seeds, "seeds of the run; > 1: score is the consensus (mean rank)"),
       ("STARFRAC", float(config.data.star_fraction), "prior point-source fraction: the class threshold"),

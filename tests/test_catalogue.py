@@ -100,12 +100,14 @@ def test_flag_bits_are_the_boolean_columns():
 
 
 def test_fingerprint_from_run_identity_or_not_recorded(tmp_path):
-  assert catalogue.run_fingerprint(tmp_path) == "not recorded"
-  (tmp_path / "run_identity.json").write_text(json.dumps({"fingerprint": "ab" * 32, "config": "configs/cvae.py"}))
-  assert catalogue.run_fingerprint(tmp_path) == "ab" * 32
-  assert catalogue.run_config_name(tmp_path) == "configs/cvae.py"
+  assert catalogue.recorded_identity(tmp_path, "fingerprint") == "not recorded"
+  (tmp_path / "run_identity.json").write_text(json.dumps({"fingerprint": "ab" * 32, "config_fingerprint": "cd" * 32}))
+  assert catalogue.recorded_identity(tmp_path, "fingerprint") == "ab" * 32
   cards = dict((k, v) for k, v, _ in catalogue.header_cards(tmp_path, config(3), "x", 1))
-  assert cards["FINGERPR"] == "ab" * 32 and cards["NSEEDS"] == 3 and cards["SWVERSN"]
+  assert cards["FINGERPR"] == "ab" * 32 and cards["CFGFPR"] == "cd" * 32
+  assert cards["NSEEDS"] == 3 and cards["SWVERSN"]
+  (tmp_path / "run_identity.json").write_text("{not json")
+  assert catalogue.recorded_identity(tmp_path, "fingerprint") == "not recorded"
 
 
 def test_nonfinite_pixels_come_from_the_input_files(tmp_path):

@@ -147,11 +147,12 @@ def test_own_labelled_set_reproduces_predictions_exactly(single_run, capsys, tmp
     np.testing.assert_array_equal(np.asarray(table[name]), np.asarray(job_table[name]), err_msg=name)
   assert "eval_label" in job_table.colnames and "eval_label" not in table.colnames
   assert table.meta["SEGMAP"] == "sep" and table.meta["DATATYPE"] == "labelled"
-  assert table.meta["FINGERPR"] == "not recorded" and table.meta["RUNDIR"] == str(workdir.resolve())
+  recorded = json.loads((workdir / "run_identity.json").read_text())
+  assert table.meta["FINGERPR"] == recorded["fingerprint"] and table.meta["CFGFPR"] == recorded["config_fingerprint"]
+  assert table.meta["RUNDIR"] == str(workdir.resolve())
 
-  few = sorted(Path(labelled).glob("*.npy"))[:10]
-  status, _, err = run_cli(capsys, "--run", workdir, "--cutouts", f"{few[0].parent}/{few[0].name[:-5]}*.npy",
-                           "--out", tmp_path / "few.fits")
+  one_file = sorted(Path(labelled).glob("*.npy"))[0]  # at most 13 records (SimParams.max_records_per_file)
+  status, _, err = run_cli(capsys, "--run", workdir, "--cutouts", one_file, "--out", tmp_path / "few.fits")
   assert status == 2 and len(err) == 1 and "needs at least 50" in err[0]
 
 
