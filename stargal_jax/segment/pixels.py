@@ -134,17 +134,18 @@ def snr_image(images: np.ndarray, bands: str = "gri", level: np.ndarray | None =
 
 
 def detection_image(images: np.ndarray, bands: str = "gri", sigma_px: float = 1.2,
-                    clip: tuple[float, float] = (-5.0, 50.0)) -> np.ndarray:
+                    clip: tuple[float, float] | None = (-5.0, 50.0)) -> np.ndarray:
   """(N, H, W) float32: the detection S/N (`snr_image`) filtered with a Gaussian of `sigma_px` (matched to a
   point source, as SExtractor's detection filter) and rescaled to unit noise again, then clipped.
 
   White noise of unit variance filtered by a unit-sum Gaussian of width s keeps a variance of 1 / (4 pi s^2),
-  hence the factor 2 sqrt(pi) s. The clip keeps bright cores from setting the feature's scale. Works on any
-  units (a robust background level and sigma are measured per image and band), e.g. normalised model inputs.
+  hence the factor 2 sqrt(pi) s. The clip keeps bright cores from setting the feature's scale (None: no clip,
+  for peak finding). Works on any units (a robust background level and sigma are measured per image and band),
+  e.g. normalised model inputs.
   """
   snr = snr_image(images, bands)
-  filtered = ndimage.gaussian_filter(snr, (0.0, sigma_px, sigma_px), mode="nearest")
-  return np.clip(filtered * (2.0 * np.sqrt(np.pi) * sigma_px), *clip).astype(np.float32)
+  filtered = ndimage.gaussian_filter(snr, (0.0, sigma_px, sigma_px), mode="nearest") * (2.0 * np.sqrt(np.pi) * sigma_px)
+  return (filtered if clip is None else np.clip(filtered, *clip)).astype(np.float32)
 
 
 def model_inputs(images: np.ndarray, normalizer: dict) -> np.ndarray:
