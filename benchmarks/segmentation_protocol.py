@@ -28,6 +28,7 @@ host_runtime.configure()
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configs import segmentation as segmentation_config  # noqa: E402
 from stargal_jax import inputs as inputs_lib  # noqa: E402
 from stargal_jax import metrics, stages  # noqa: E402
 from stargal_jax.segment import (deblend, fitted_model, hypercolumns, labelling, matching,  # noqa: E402
@@ -61,6 +62,14 @@ def fitted_by_share(run: Path, config, inputs, shares, out: Path) -> dict:
     sc_share = ml_collections.ConfigDict(sc.to_dict())
     sc_share.detection_share = float(share)
     path = out / f"segmenter_share{share:g}.npz"
+    if not path.is_file() and float(share) == float(sc.detection_share) and (run / "segmenter.npz").is_file():
+      # The run's own segmenter (fitted with this share): reused, its flood limit measured if it has none.
+      layers, segmenters = fitted_model.load_segmenters(run / "segmenter.npz")
+      hc = hypercolumns.make_hypercolumn_fn(result, layers,
+                                            detection=hypercolumns.DetectionChannel.from_config(sc_share))
+      own = fitted_model.FittedSegmentation(result, layers, inputs.normalizer, {k: segmenters[k] for k in [int(sc.k)]},
+                                            hc)
+      fitted_model.save_segmenter(path, fitted_model.add_flood_limits(own, sc_share, inputs.unlabelled, config.seed))
     if path.is_file():
       layers, segmenters = fitted_model.load_segmenters(path)
       hc = hypercolumns.make_hypercolumn_fn(result, layers,
@@ -125,6 +134,8 @@ def main(argv=None) -> int:
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
   config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+  # Settings a run made before them (deblending, crowding) take today's defaults.
+  config.seg = ml_collections.ConfigDict({**segmentation_config.seg_config().to_dict(), **config.seg.to_dict()})
   sc = config.seg
   k = int(sc.k)
   options = labelling.LabelOptions.from_config(sc)

@@ -70,11 +70,17 @@ class FittedSegmentation:
   hypercolumn_fn: hypercolumns.HypercolumnFn
 
 
+def fit_rows(n: int, seg_config, seed: int) -> np.ndarray:
+  """The unlabelled rows the k-means is fitted on: a random `seg_config.fit_images` of n (0 = all), sorted."""
+  n_fit = n if not seg_config.fit_images else min(int(seg_config.fit_images), n)
+  return np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_fit])
+
+
 def fit_segmentation(result: train.TrainResult, seg_config, normalizer: dict, unlabelled,
                      ks: Sequence[int], seed: int) -> FittedSegmentation:
   """Hypercolumn k-means for every k in `ks`, fitted on a pixel sample of (a subset of) `unlabelled`."""
-  n_fit = len(unlabelled) if not seg_config.fit_images else min(int(seg_config.fit_images), len(unlabelled))
-  rows = np.sort(np.random.default_rng([seed, 2]).permutation(len(unlabelled))[:n_fit])
+  rows = fit_rows(len(unlabelled), seg_config, seed)
+  n_fit = len(rows)
   fit_store = unlabelled.subset(rows)
   fetch = inputs_lib.model_images(fit_store, normalizer)
   detection = hypercolumns.DetectionChannel.from_config(seg_config)
@@ -92,6 +98,16 @@ def fit_segmentation(result: train.TrainResult, seg_config, normalizer: dict, un
                                    float(seg_config.flood_quantile))
   return FittedSegmentation(result, tuple(int(i) for i in seg_config.hypercolumn_layers), normalizer,
                             segmenters, hypercolumn_fn)
+
+
+def add_flood_limits(fitted: FittedSegmentation, seg_config, unlabelled, seed: int) -> FittedSegmentation:
+  """`fitted` (e.g. a run's segmenter saved before the crowded-field rule) with the flood limits
+  `fit_segmentation` would have measured on the same fitting cutouts."""
+  rows = fit_rows(len(unlabelled), seg_config, seed)[:int(seg_config.flood_images)]
+  fetch = inputs_lib.model_images(unlabelled.subset(rows), fitted.normalizer)
+  segmenters = with_flood_limits(fitted.segmenters, fitted.hypercolumn_fn, fetch, len(rows), int(seg_config.chunk),
+                                 float(seg_config.flood_quantile))
+  return dataclasses.replace(fitted, segmenters=segmenters)
 
 
 def with_flood_limits(segmenters: Mapping[int, pixel_kmeans.Segmenter], hypercolumn_fn: hypercolumns.HypercolumnFn,
