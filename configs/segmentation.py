@@ -48,6 +48,11 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
   # fitting cutouts' fractions (measured on the first `flood_images` of them) is segmented again on a local
   # background of `local_box` px meshes, then cut to that fraction. The data switch it on; `crowding=False` only
   # for the ablation.
+  # Faint sources the clusters miss (segment/faint.py): peaks of the smoothed S/N map of at least `faint_peak` sigma
+  # outside every object component, with footprints at `faint_low` sigma.
+  seg.faint = True
+  seg.faint_peak = 5.0
+  seg.faint_low = 2.0
   seg.crowding = True
   seg.flood_images = 500
   seg.flood_quantile = 0.995

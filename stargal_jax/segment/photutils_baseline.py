@@ -1,9 +1,12 @@
 """The photutils baseline: `detect_sources` + `deblend_sources` (multi-thresholding and watershed) on each
 cutout's matched-filtered detection S/N image, labelled by the same rule as every other method."""
 
+import warnings
+
 import numpy as np
 from astropy.convolution import convolve
 from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
+from photutils.utils.exceptions import NoDetectionsWarning
 
 from stargal_jax.segment import labelling, pixels
 
@@ -36,7 +39,9 @@ def photutils_segment(images: np.ndarray, band: str = "gri", nsigma: float = 3.0
   masks = np.zeros(snr.shape, np.int32)
   for i, one in enumerate(snr):
     detection = filtered_snr(one, kernel)
-    segm = detect_sources(detection, nsigma, n_pixels)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", NoDetectionsWarning)  # an empty cutout is an answer (no objects), not a fault
+      segm = detect_sources(detection, nsigma, n_pixels)
     if segm is None:
       continue
     if contrast < 1.0:

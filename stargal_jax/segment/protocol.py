@@ -3,7 +3,7 @@
 (`matching.selection_score`), never on the scored one.
 
 Methods: the study's pure hypercolumn k-means (`detection_share = 0`), each addition alone and together
-(deblending, the crowded-field rule, the detection channel), and two kept baselines, SEP and photutils
+(deblending, the crowded-field rule, the faint sources the clusters miss, the detection channel), and two kept baselines, SEP and photutils
 (`detect_sources` + `deblend_sources`), each at its best setting of a grid on the tuning split.
 `benchmarks/segmentation_protocol.py` runs it over the default data, every shifted simulation and the real frames.
 """
@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from stargal_jax.segment import deblend, labelling, matching, photutils_baseline, pipeline, sep_baseline
+from stargal_jax.segment import deblend, faint, labelling, matching, photutils_baseline, pipeline, sep_baseline
 
 
 SEP_GRID = tuple({"band": "gri", "thresh_sigma": t, "deblend_cont": c}
@@ -30,6 +30,7 @@ class OurMethod:
   detection_share: float
   deblend: bool
   crowding: bool
+  faint: bool = False
 
 
 def our_methods(share: float = 0.5) -> dict[str, OurMethod]:
@@ -39,11 +40,13 @@ def our_methods(share: float = 0.5) -> dict[str, OurMethod]:
           "pure + deblend": OurMethod(0.0, True, False),
           "pure + crowding": OurMethod(0.0, False, True),
           "pure + deblend + crowding": OurMethod(0.0, True, True),
+          "pure + deblend + crowding + faint": OurMethod(0.0, True, True, True),
           "detection channel": OurMethod(share, False, False),
-          FULL: OurMethod(share, True, True)}
+          "detection + deblend + crowding": OurMethod(share, True, True),
+          FULL: OurMethod(share, True, True, True)}
 
 
-FULL = "full (detection + deblend + crowding)"  # the method the issue's targets are checked for
+FULL = "full (detection + deblend + crowding + faint)"  # the method the issue's targets are checked for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,8 @@ def tune_baseline(name: str, grid: Sequence[Mapping], split: Split, options: lab
 def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, options: labelling.LabelOptions,
               deblending: deblend.DeblendOptions, methods: Mapping[str, OurMethod],
               snr_sigma_px: float = 1.2, chunk: int = 64,
-              foregrounds: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+              foregrounds: dict | None = None,
+              faint_options: faint.FaintOptions = faint.FaintOptions()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """name -> (masks, flooded) of our methods on a split: one hypercolumn pass per segmenter (cached in
   `foregrounds` by share when given), then each method's refinements."""
   foregrounds = {} if foregrounds is None else foregrounds
@@ -123,7 +127,7 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
     if share not in foregrounds:
       foregrounds[share] = pipeline.foreground(fitted, k, split.images, chunk)
     refinements = pipeline.Refinements(deblending if method.deblend else None, method.crowding,
-                                       snr_sigma_px=snr_sigma_px)
+                                       faint_options if method.faint else None, snr_sigma_px=snr_sigma_px)
     out[name] = pipeline.refine(fitted, k, foregrounds[share], split.images, options, refinements, chunk)
   return out
 

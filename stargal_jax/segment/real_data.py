@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from stargal_jax import paths
-from stargal_jax.segment import figures, fitted_model, labelling, pipeline, pixels, protocol, sep_baseline
+from stargal_jax.segment import faint, figures, fitted_model, labelling, pipeline, pixels, protocol, sep_baseline
 
 
 HSC_BANDS = ("g", "r", "i", "z", "y")
@@ -190,7 +190,7 @@ def real_frame_checks(fitted_by_share: dict, k: int, options: labelling.LabelOpt
     columns = {
       "pure (the study's)": pipeline.segment_images(fitted_by_share[pure_share], k, images, options)[0],
       "full": pipeline.segment_images(fitted_by_share[share], k, images, options,
-                                      pipeline.Refinements(deblending, True))[0]}
+                                      pipeline.Refinements(deblending, True, faint.FaintOptions()))[0]}
     snr = pixels.snr_image(images, "gri")
     for base in ("SEP", "photutils"):
       columns[base] = protocol.baseline_masks(base, images, settings[base], options, snr)
