@@ -31,22 +31,22 @@ import numpy as np  # noqa: E402
 from configs import segmentation as segmentation_config  # noqa: E402
 from stargal_jax import inputs as inputs_lib  # noqa: E402
 from stargal_jax import metrics, stages  # noqa: E402
-from stargal_jax.segment import (deblend, fitted_model, hypercolumns, labelling, matching,  # noqa: E402
+from stargal_jax.segment import (deblend, faint, fitted_model, hypercolumns, labelling, matching,  # noqa: E402
                                  protocol, real_data)
 from stargal_jax.segment import report as segment_report  # noqa: E402
 
-# The shifted simulations: SimParams overrides by name. One place: when `stargal_jax.shifts` is in main, this
-# becomes `{name: d.overrides for name, d in shifts.DISTRIBUTIONS.items()}`.
+# The shifted simulations: config.data.sim_params overrides by name (simulator v2's own knobs), each cached under
+# its own name by default_data (-p<hash>).
 DISTRIBUTIONS: dict[str, dict] = {
   "default": {},
-  "seeing_worse": {"seeing_r_median_arcsec": 1.6},
-  "deeper": {"r_faint_limit": 23.5},
+  "seeing_1.8": {"seeing_r_median_arcsec": 1.8},
+  "neighbours_x2": {"neighbour_density_scale": 2.0},
+  "shallower_0.5": {"depth_mag": -0.5},
+  "deeper_0.5": {"depth_mag": 0.5},
   "stars_0.2": {"point_fraction": 0.2},
   "stars_0.6": {"point_fraction": 0.6},
-  "no_neighbours": {"neighbour_fraction": 0.0},
-  "many_neighbours": {"neighbour_fraction": 0.7},
+  "no_neighbours": {"neighbour_density_scale": 0.0},
 }
-
 
 def log(message: str, t0: float) -> None:
   print(f"[segmentation_protocol] {message} ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -91,8 +91,8 @@ def load_distribution(config, name: str, n_labelled: int):
   return inputs_lib.load_inputs(data, seed=config.seed)
 
 
-def run_distribution(name: str, inputs, fitted, methods, k: int, options, deblending, sizes, seed: int,
-                     t0: float) -> dict:
+def run_distribution(name: str, inputs, fitted, methods, k: int, options, deblending, faint_options, sizes,
+                     seed: int, t0: float) -> dict:
   """Baselines tuned on this distribution's tuning split; every method scored on its scored split."""
   tune_rows, score_rows = protocol.split_rows(len(inputs.labelled), *sizes, seed=seed)
   tune = protocol.make_split(inputs.labelled.read, inputs.truth, tune_rows)
@@ -102,7 +102,7 @@ def run_distribution(name: str, inputs, fitted, methods, k: int, options, deblen
     chosen[base], grids[base] = protocol.tune_baseline(base, grid, tune, options, tune.snr)
     masks[base] = protocol.baseline_masks(base, score.images, chosen[base], options, score.snr)
     log(f"{name}: {base} best {chosen[base]}", t0)
-  ours = protocol.our_masks(fitted, k, score, options, deblending, methods)
+  ours = protocol.our_masks(fitted, k, score, options, deblending, methods, faint_options=faint_options)
   flooded = {n: int(f.sum()) for n, (_, f) in ours.items()}
   masks.update({n: m for n, (m, _) in ours.items()})
   scores = protocol.score_all(masks, score)
@@ -156,22 +156,28 @@ def main(argv=None) -> int:
     tune_rows, _ = protocol.split_rows(len(default.labelled), args.n_tune, args.n_score, seed=config.seed)
     tune = protocol.make_split(default.labelled.read, default.truth, tune_rows)
     base = deblend.DeblendOptions.from_config(sc)
-    best, grid = protocol.tune_deblending(fitted[shares[1]], k, tune, options, base)
+    best, grid = protocol.tune_refinements(fitted[shares[1]], k, tune, options, base,
+                                           faint_low=float(sc.faint_low))
     deblending = dataclasses.replace(base, contrast=best["deblend_contrast"])
-    results["deblend"] = {"chosen_on": "default tuning split", "best": best, "grid": grid,
-                          "options": dataclasses.asdict(deblending)}
-    log(f"deblend contrast {best['deblend_contrast']:g} chosen on the default tuning split", t0)
+    faint_options = faint.FaintOptions(best["faint_peak"], float(sc.faint_low))
+    results["refinements"] = {"chosen_on": "default tuning split", "best": best, "grid": grid,
+                              "deblend": dataclasses.asdict(deblending), "faint": dataclasses.asdict(faint_options)}
+    log(f"deblend contrast {best['deblend_contrast']:g}, faint peak {best['faint_peak']:g} chosen on the default "
+        "tuning split", t0)
     for name in names:
       inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
       results["distributions"][name] = run_distribution(name, inputs, fitted, methods, k, options, deblending,
-                                                        (args.n_tune, args.n_score), config.seed, t0)
+                                                        faint_options, (args.n_tune, args.n_score), config.seed, t0)
       json_path.write_text(json.dumps(metrics.to_json_safe(results), indent=1))
       md_path.write_text("\n".join(segment_report.protocol_lines(metrics.to_json_safe(results))))
   if not args.skip_real:
-    deblending = deblend.DeblendOptions(**results["deblend"]["options"]) if "deblend" in results else \
+    deblending = deblend.DeblendOptions(**results["refinements"]["deblend"]) if "refinements" in results else \
       deblend.DeblendOptions.from_config(sc)
+    faint_options = faint.FaintOptions(**results["refinements"]["faint"]) if "refinements" in results else \
+      faint.FaintOptions.from_config(sc)
     settings = {n: d["baseline_settings"] for n, d in results["distributions"].items()}.get("default")
-    results["real"] = real_data.real_frame_checks(fitted, k, options, deblending, settings, out / "real")
+    results["real"] = real_data.real_frame_checks(fitted, k, options, deblending, settings, out / "real",
+                                                  faint_options=faint_options)
     log("real frames done", t0)
   results["wall_seconds"] = time.perf_counter() - t0
   json_path.write_text(json.dumps(metrics.to_json_safe(results), indent=1))

@@ -22,6 +22,7 @@ SEP_GRID = tuple({"band": "gri", "thresh_sigma": t, "deblend_cont": c}
 PHOTUTILS_GRID = tuple({"nsigma": s, "contrast": c, "fwhm_px": 2.5}
                        for s in (1.5, 2.0, 3.0, 5.0) for c in (0.001, 0.01, 0.1))
 DEBLEND_CONTRASTS = (0.001, 0.005, 0.02, 0.1)
+FAINT_PEAKS = (4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,18 +133,22 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
   return out
 
 
-def tune_deblending(fitted, k: int, split: Split, options: labelling.LabelOptions, base: deblend.DeblendOptions,
-                    contrasts: Sequence[float] = DEBLEND_CONTRASTS, crowding: bool = True,
-                    snr_sigma_px: float = 1.2, chunk: int = 64) -> tuple[dict, list[dict]]:
-  """Our deblending contrast chosen on a tuning split (with the segmenter `fitted`, as the full method)."""
+def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptions, base: deblend.DeblendOptions,
+                     contrasts: Sequence[float] = DEBLEND_CONTRASTS, faint_peaks: Sequence[float] = FAINT_PEAKS,
+                     faint_low: float = faint.FaintOptions().low, snr_sigma_px: float = 1.2,
+                     chunk: int = 64) -> tuple[dict, list[dict]]:
+  """Our deblending contrast and faint-source peak chosen together on a tuning split, with the segmenter `fitted`
+  and every addition on (the full method); one hypercolumn pass, then each setting's refinements."""
   object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
 
   def masks_for(setting):
-    refinements = pipeline.Refinements(dataclasses.replace(base, contrast=setting["deblend_contrast"]), crowding,
+    refinements = pipeline.Refinements(dataclasses.replace(base, contrast=setting["deblend_contrast"]), True,
+                                       faint.FaintOptions(setting["faint_peak"], faint_low),
                                        snr_sigma_px=snr_sigma_px)
     return pipeline.refine(fitted, k, object_pixels, split.images, options, refinements, chunk)[0]
 
-  return grid_search(masks_for, [{"deblend_contrast": float(c)} for c in contrasts], split)
+  grid = [{"deblend_contrast": float(c), "faint_peak": float(p)} for c in contrasts for p in faint_peaks]
+  return grid_search(masks_for, grid, split)
 
 
 def score_all(masks_by_method: Mapping[str, np.ndarray], split: Split) -> dict[str, dict]:

@@ -188,9 +188,12 @@ def protocol_lines(out: Mapping) -> list[str]:
   real frames."""
   lines = ["# Segmentation: the robustness protocol", "", f"Command: `{out.get('command', '')}`", "",
            f"Matching: {out.get('matching', '')}", "", f"Settings chosen by: {out.get('selection', '')}.", ""]
-  if "deblend" in out:
-    lines += [f"Our deblending contrast: {out['deblend']['best']['deblend_contrast']:g} (chosen on the "
-              f"{out['deblend']['chosen_on']}; grid {[r['deblend_contrast'] for r in out['deblend']['grid']]}).", ""]
+  if "refinements" in out:
+    r = out["refinements"]
+    grid = sorted({row["deblend_contrast"] for row in r["grid"]}), sorted({row["faint_peak"] for row in r["grid"]})
+    lines += [f"Our deblending contrast {r['best']['deblend_contrast']:g} and faint-source peak "
+              f"{r['best']['faint_peak']:g} sigma (chosen together on the {r['chosen_on']}; contrasts {grid[0]}, "
+              f"peaks {grid[1]}).", ""]
   checks = []
   for name, d in (out.get("distributions") or {}).items():
     first = next(iter(d["scores"].values()))
