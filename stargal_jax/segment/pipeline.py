@@ -48,15 +48,17 @@ def foreground(fitted, k: int, images: np.ndarray, chunk: int = 64) -> np.ndarra
 
 
 def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, options: labelling.LabelOptions,
-           refinements: Refinements, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-  """Object pixels (N, H, W) of raw cutouts `images` -> (masks (N, H, W), flooded (N,) bool).
+           refinements: Refinements, chunk: int = 64,
+           snr: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Object pixels (N, H, W) of raw cutouts `images` -> (masks (N, H, W), flooded (N,) bool). `snr`: the
+  images' `smoothed_snr` at `refinements.snr_sigma_px` when the caller has it (computed here otherwise).
 
   Crowding: a cutout whose object fraction exceeds the segmenter's `flood_limit` is segmented again after its
   local background (`crowding.local_background`) is removed, and its object pixels are then cut to the limit
   (`crowding.cap_foreground`). Faint: significant peaks outside the object pixels are added
   (`faint.add_missed_sources`). Deblending: every component is split at its significant peaks."""
   object_pixels = np.array(object_pixels, bool)
-  snr = smoothed_snr(images, refinements.snr_sigma_px)
+  snr = smoothed_snr(images, refinements.snr_sigma_px) if snr is None else np.array(snr, np.float32)
   flooded = np.zeros(len(images), bool)
   limit = float(fitted.segmenters[k].flood_limit)
   if refinements.crowding and limit < 1.0:

@@ -121,6 +121,7 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
   """name -> (masks, flooded) of our methods on a split: one hypercolumn pass per segmenter (cached in
   `foregrounds` by share when given), then each method's refinements."""
   foregrounds = {} if foregrounds is None else foregrounds
+  snr = pipeline.smoothed_snr(split.images, snr_sigma_px)  # shared by every method (the slow part of refining)
   out = {}
   for name, method in methods.items():
     share = float(method.detection_share)
@@ -129,7 +130,7 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
       foregrounds[share] = pipeline.foreground(fitted, k, split.images, chunk)
     refinements = pipeline.Refinements(deblending if method.deblend else None, method.crowding,
                                        faint_options if method.faint else None, snr_sigma_px=snr_sigma_px)
-    out[name] = pipeline.refine(fitted, k, foregrounds[share], split.images, options, refinements, chunk)
+    out[name] = pipeline.refine(fitted, k, foregrounds[share], split.images, options, refinements, chunk, snr)
   return out
 
 
@@ -140,12 +141,13 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
   """Our deblending contrast and faint-source peak chosen together on a tuning split, with the segmenter `fitted`
   and every addition on (the full method); one hypercolumn pass, then each setting's refinements."""
   object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
+  snr = pipeline.smoothed_snr(split.images, snr_sigma_px)
 
   def masks_for(setting):
     refinements = pipeline.Refinements(dataclasses.replace(base, contrast=setting["deblend_contrast"]), True,
                                        faint.FaintOptions(setting["faint_peak"], faint_low),
                                        snr_sigma_px=snr_sigma_px)
-    return pipeline.refine(fitted, k, object_pixels, split.images, options, refinements, chunk)[0]
+    return pipeline.refine(fitted, k, object_pixels, split.images, options, refinements, chunk, snr)[0]
 
   grid = [{"deblend_contrast": float(c), "faint_peak": float(p)} for c in contrasts for p in faint_peaks]
   return grid_search(masks_for, grid, split)
