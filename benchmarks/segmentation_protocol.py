@@ -2,7 +2,7 @@
 simulation (scored against truth), and on the real frames (no truth: counts, the no-flood check, figures).
 
 `python benchmarks/segmentation_protocol.py --run=RUN --out=DIR [--distributions=default,seeing_worse,...]
-[--n-tune=500 --n-score=1500] [--skip-real] [--skip-sim]`
+[--n-tune=500 --n-score=1500] [--settings-from=JSON] [--skip-real] [--skip-sim]`
 
 RUN is a finished `configs/segmentation.py` run: its residual AE is restored (not retrained) and two k-means
 segmenters are fitted on the default unlabelled data, one on the pure hypercolumns (detection_share 0, the
@@ -26,7 +26,6 @@ from stargal_jax import host_runtime
 host_runtime.configure()
 
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 
 from configs import segmentation as segmentation_config  # noqa: E402
 from stargal_jax import inputs as inputs_lib  # noqa: E402
@@ -121,6 +120,12 @@ def main(argv=None) -> int:
   parser.add_argument("--n-score", type=int, default=1500, help="scored cutouts per distribution")
   parser.add_argument("--shifted-n-labelled", type=int, default=2000, help="labelled cutouts simulated per shift")
   parser.add_argument("--shares", default="0,0.5", help="detection shares of the two segmenters (pure, ours)")
+  parser.add_argument("--settings-from", default=None,
+                      help="a segmentation_protocol.json of a run with the default distribution: its deblend "
+                           "contrast and faint peak (chosen on the default tuning split) are reused, and, for the "
+                           "real frames, SEP's and photutils' best settings on the default data")
+  parser.add_argument("--segmenters", default=None,
+                      help="folder caching the fitted segmenters (default: --out), shared by several runs")
   parser.add_argument("--skip-sim", action="store_true")
   parser.add_argument("--skip-real", action="store_true")
   args = parser.parse_args(argv)
@@ -143,7 +148,9 @@ def main(argv=None) -> int:
   if len(shares) != 2:
     raise SystemExit("--shares: two values (the pure segmenter's, then ours)")
   default = load_distribution(config, "default", 0)
-  fitted = fitted_by_share(run, config, default, shares, out)
+  segmenters_dir = Path(args.segmenters) if args.segmenters else out
+  segmenters_dir.mkdir(parents=True, exist_ok=True)
+  fitted = fitted_by_share(run, config, default, shares, segmenters_dir)
   if shares[0] != 0.0:
     raise SystemExit("--shares: the first (the pure segmenter's) must be 0")
   methods = protocol.our_methods(shares[1])
@@ -152,17 +159,23 @@ def main(argv=None) -> int:
              "selection": "mean of central-object IoU and detection F1 on the tuning split",
              "matching": matching.__doc__.split("\n\n")[1], "distributions": {}}
   json_path, md_path = out / "segmentation_protocol.json", out / "segmentation_protocol.md"
+  prior = json.loads(Path(args.settings_from).read_text()) if args.settings_from else None
+  if prior is not None:
+    results["refinements"] = {**prior["refinements"], "reused_from": args.settings_from}
   if not args.skip_sim:
     tune_rows, _ = protocol.split_rows(len(default.labelled), args.n_tune, args.n_score, seed=config.seed)
     tune = protocol.make_split(default.labelled.read, default.truth, tune_rows)
-    base = deblend.DeblendOptions.from_config(sc)
-    best, grid = protocol.tune_refinements(fitted[shares[1]], k, tune, options, base,
-                                           faint_low=float(sc.faint_low))
-    deblending = dataclasses.replace(base, contrast=best["deblend_contrast"])
-    faint_options = faint.FaintOptions(best["faint_peak"], float(sc.faint_low))
-    results["refinements"] = {"chosen_on": "default tuning split", "best": best, "grid": grid,
-                              "deblend": dataclasses.asdict(deblending), "faint": dataclasses.asdict(faint_options)}
-    log(f"deblend contrast {best['deblend_contrast']:g}, faint peak {best['faint_peak']:g} chosen on the default "
+    if prior is None:
+      base = deblend.DeblendOptions.from_config(sc)
+      best, grid = protocol.tune_refinements(fitted[shares[1]], k, tune, options, base,
+                                             faint_low=float(sc.faint_low))
+      results["refinements"] = {"chosen_on": "default tuning split", "best": best, "grid": grid,
+                                "deblend": dataclasses.asdict(dataclasses.replace(base,
+                                                                                  contrast=best["deblend_contrast"])),
+                                "faint": {"peak": best["faint_peak"], "low": float(sc.faint_low)}}
+    deblending = deblend.DeblendOptions(**results["refinements"]["deblend"])
+    faint_options = faint.FaintOptions(**results["refinements"]["faint"])
+    log(f"deblend contrast {deblending.contrast:g}, faint peak {faint_options.peak:g} chosen on the default "
         "tuning split", t0)
     for name in names:
       inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
@@ -175,7 +188,9 @@ def main(argv=None) -> int:
       deblend.DeblendOptions.from_config(sc)
     faint_options = faint.FaintOptions(**results["refinements"]["faint"]) if "refinements" in results else \
       faint.FaintOptions.from_config(sc)
-    settings = {n: d["baseline_settings"] for n, d in results["distributions"].items()}.get("default")
+    settings = {n: d["baseline_settings"] for n, d in
+                {**(prior or {}).get("distributions", {}), **results["distributions"]}.items()}.get("default")
+    results["real_baseline_settings"] = settings
     results["real"] = real_data.real_frame_checks(fitted, k, options, deblending, settings, out / "real",
                                                   faint_options=faint_options)
     log("real frames done", t0)
