@@ -81,6 +81,11 @@ def fitted_by_share(run: Path, config, inputs, shares, out: Path) -> dict:
   return fitted
 
 
+def faint_from(refinements: dict):
+  """The chosen faint-source options (None: the tuning chose none)."""
+  return None if refinements["best"]["faint_peak"] is None else faint.FaintOptions(**refinements["faint"])
+
+
 def load_distribution(config, name: str, n_labelled: int):
   data = ml_collections.ConfigDict(config.data.to_dict())
   for field, value in DISTRIBUTIONS[name].items():
@@ -174,9 +179,9 @@ def main(argv=None) -> int:
                                                                                   contrast=best["deblend_contrast"])),
                                 "faint": {"peak": best["faint_peak"], "low": float(sc.faint_low)}}
     deblending = deblend.DeblendOptions(**results["refinements"]["deblend"])
-    faint_options = faint.FaintOptions(**results["refinements"]["faint"])
-    log(f"deblend contrast {deblending.contrast:g}, faint peak {faint_options.peak:g} chosen on the default "
-        "tuning split", t0)
+    faint_options = faint_from(results["refinements"])
+    log(f"deblend contrast {deblending.contrast:g}, faint peak {results['refinements']['best']['faint_peak']} "
+        "chosen on the default tuning split", t0)
     for name in names:
       inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
       results["distributions"][name] = run_distribution(name, inputs, fitted, methods, k, options, deblending,
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
   if not args.skip_real:
     deblending = deblend.DeblendOptions(**results["refinements"]["deblend"]) if "refinements" in results else \
       deblend.DeblendOptions.from_config(sc)
-    faint_options = faint.FaintOptions(**results["refinements"]["faint"]) if "refinements" in results else \
+    faint_options = faint_from(results["refinements"]) if "refinements" in results else \
       faint.FaintOptions.from_config(sc)
     settings = {n: d["baseline_settings"] for n, d in
                 {**(prior or {}).get("distributions", {}), **results["distributions"]}.items()}.get("default")

@@ -22,7 +22,7 @@ SEP_GRID = tuple({"band": "gri", "thresh_sigma": t, "deblend_cont": c}
 PHOTUTILS_GRID = tuple({"nsigma": s, "contrast": c, "fwhm_px": 2.5}
                        for s in (1.5, 2.0, 3.0, 5.0) for c in (0.001, 0.01, 0.1))
 DEBLEND_CONTRASTS = (0.001, 0.005, 0.02, 0.1)
-FAINT_PEAKS = (4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise)
+FAINT_PEAKS = (None, 4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise); None = no faint sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,8 @@ def our_methods(share: float = 0.5) -> dict[str, OurMethod]:
           FULL: OurMethod(share, True, True, True)}
 
 
-FULL = "full (detection + deblend + crowding + faint)"  # the method the issue's targets are checked for
+# The method the issue's targets are checked for; its faint sources are on only where the tuning chose a peak.
+FULL = "full (detection + deblend + crowding + faint as chosen)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +118,11 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
               deblending: deblend.DeblendOptions, methods: Mapping[str, OurMethod],
               snr_sigma_px: float = 1.2, chunk: int = 64,
               foregrounds: dict | None = None,
-              faint_options: faint.FaintOptions = faint.FaintOptions()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+              faint_options: faint.FaintOptions | None = faint.FaintOptions()
+              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """name -> (masks, flooded) of our methods on a split: one hypercolumn pass per segmenter (cached in
-  `foregrounds` by share when given), then each method's refinements."""
+  `foregrounds` by share when given), then each method's refinements (`faint_options` None: the tuning chose no
+  faint sources, so methods with `faint` have none either)."""
   foregrounds = {} if foregrounds is None else foregrounds
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)  # shared by every method (the slow part of refining)
   out = {}
@@ -135,21 +138,25 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
 
 
 def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptions, base: deblend.DeblendOptions,
-                     contrasts: Sequence[float] = DEBLEND_CONTRASTS, faint_peaks: Sequence[float] = FAINT_PEAKS,
+                     contrasts: Sequence[float] = DEBLEND_CONTRASTS,
+                     faint_peaks: Sequence[float | None] = FAINT_PEAKS,
                      faint_low: float = faint.FaintOptions().low, snr_sigma_px: float = 1.2,
                      chunk: int = 64) -> tuple[dict, list[dict]]:
-  """Our deblending contrast and faint-source peak chosen together on a tuning split, with the segmenter `fitted`
-  and every addition on (the full method); one hypercolumn pass, then each setting's refinements."""
+  """Our deblending contrast and faint-source peak (None: no faint sources) chosen together on a tuning split,
+  with the segmenter `fitted` and the crowded-field rule on (the full method); one hypercolumn pass, then each
+  setting's refinements. Whether the faint sources are added at all is thus the data's choice."""
   object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)
 
   def masks_for(setting):
     refinements = pipeline.Refinements(dataclasses.replace(base, contrast=setting["deblend_contrast"]), True,
+                                       None if setting["faint_peak"] is None else
                                        faint.FaintOptions(setting["faint_peak"], faint_low),
                                        snr_sigma_px=snr_sigma_px)
     return pipeline.refine(fitted, k, object_pixels, split.images, options, refinements, chunk, snr)[0]
 
-  grid = [{"deblend_contrast": float(c), "faint_peak": float(p)} for c in contrasts for p in faint_peaks]
+  grid = [{"deblend_contrast": float(c), "faint_peak": None if p is None else float(p)}
+          for c in contrasts for p in faint_peaks]
   return grid_search(masks_for, grid, split)
 
 

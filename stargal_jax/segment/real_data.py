@@ -168,7 +168,7 @@ def real_sets(data_dir: Path, count: int = 16, seed: int = 0) -> dict[str, tuple
 def real_frame_checks(fitted_by_share: dict, k: int, options: labelling.LabelOptions,
                       deblending, baseline_settings: dict | None, out_dir: str | Path, count: int = 16,
                       data_dir: str | Path | None = None, n_figure: int = 6,
-                      faint_options: faint.FaintOptions = faint.FaintOptions()) -> dict:
+                      faint_options: faint.FaintOptions | None = faint.FaintOptions()) -> dict:
   """Real cutouts without truth, segmented by the pure and full methods (segmenters by detection share: the
   smallest is the pure one) and by SEP and photutils at `baseline_settings` (name -> grid row; the defaults'
   best): per set and method `flood_summary`, and one overlay figure per set in `out_dir`."""

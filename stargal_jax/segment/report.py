@@ -190,9 +190,11 @@ def protocol_lines(out: Mapping) -> list[str]:
            f"Matching: {out.get('matching', '')}", "", f"Settings chosen by: {out.get('selection', '')}.", ""]
   if "refinements" in out:
     r = out["refinements"]
-    grid = sorted({row["deblend_contrast"] for row in r["grid"]}), sorted({row["faint_peak"] for row in r["grid"]})
+    grid = (sorted({row["deblend_contrast"] for row in r["grid"]}),
+            [p for p in dict.fromkeys(row["faint_peak"] for row in r["grid"])])
+    peak = r["best"]["faint_peak"]
     lines += [f"Our deblending contrast {r['best']['deblend_contrast']:g} and faint-source peak "
-              f"{r['best']['faint_peak']:g} sigma (chosen together on the {r['chosen_on']}; contrasts {grid[0]}, "
+              f"{'none (no faint sources)' if peak is None else f'{peak:g} sigma'} (chosen together on the {r['chosen_on']}; contrasts {grid[0]}, "
               f"peaks {grid[1]}).", ""]
   checks = []
   for name, d in (out.get("distributions") or {}).items():
