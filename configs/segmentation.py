@@ -49,8 +49,9 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
   # background of `local_box` px meshes, then cut to that fraction. The data switch it on; `crowding=False` only
   # for the ablation.
   # Faint sources the clusters miss (segment/faint.py): peaks of the smoothed S/N map of at least `faint_peak` sigma
-  # outside every object component, with footprints at `faint_low` sigma.
-  seg.faint = True
+  # outside every object component, with footprints at `faint_low` sigma. Off: on the default data's tuning split
+  # (benchmarks/segmentation_protocol.py, README) every peak tried (4-6 sigma) lowered the detection F1 (purity).
+  seg.faint = False
   seg.faint_peak = 5.0
   seg.faint_low = 2.0
   seg.crowding = True
