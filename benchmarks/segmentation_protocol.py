@@ -1,13 +1,15 @@
 """The segmentation half of the robustness protocol: every method on the default data and every shifted
 simulation (scored against truth), and on the real frames (no truth: counts, the no-flood check, figures).
 
-`python benchmarks/segmentation_protocol.py --run=RUN --out=DIR [--distributions=default,seeing_worse,...]
-[--n-tune=500 --n-score=1500] [--settings-from=JSON] [--skip-real] [--skip-sim]`
+`python benchmarks/segmentation_protocol.py --run=RUN --out=DIR [--distributions=default,seeing_1.8,...]
+[--n-tune=500 --n-score=1500] [--settings-from=JSON] [--segmenters=DIR] [--skip-real] [--skip-sim]`
+(`benchmarks/segmentation_protocol.sh` runs the README's measurement in steps of ~15 min.)
 
-RUN is a finished `configs/segmentation.py` run: its residual AE is restored (not retrained) and two k-means
-segmenters are fitted on the default unlabelled data, one on the pure hypercolumns (detection_share 0, the
-study's) and one with the detection channel (the run's share). Settings: our deblending contrast on the default
-data's tuning split; SEP's and photutils' best grid settings on each distribution's own tuning split (their
+RUN is a `configs/segmentation.py` workdir with a trained AE checkpoint: its residual AE is restored (not
+retrained) and two k-means segmenters are fitted on the default unlabelled data (or reused from its
+segmenter.npz / --segmenters), one on the pure hypercolumns (detection_share 0, the study's) and one with the
+detection channel (the run's share). Settings: our deblending contrast and faint-source peak (or none) on the
+default data's tuning split (or reused from --settings-from); SEP's and photutils' best grid settings on each distribution's own tuning split (their
 best); everything is reported on the scored split (disjoint rows of the same labelled set). Shifted data sets
 are the simulator's own knobs (`DISTRIBUTIONS`), generated on first use and cached under their own names; the
 segmenters are not refitted on them (a transfer test, as for real data). Writes DIR/segmentation_protocol.md and
