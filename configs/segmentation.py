@@ -36,6 +36,28 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
   seg.rule = "snr_threshold"  # segmentation.FOREGROUND_RULES
   seg.snr_threshold = 1.0  # Clusters whose sampled pixels' mean detection S/N exceeds this are objects.
   seg.snr_bands = "gri"  # Bands of the detection S/N image.
+  # Deblending of touching sources (segment/deblend.py): a component is split at peaks of the smoothed gri S/N map
+  # whose branch holds at least `deblend_contrast` of its S/N flux (SExtractor's DEBLEND_MINCONT) and
+  # `deblend_min_area` pixels, over `deblend_levels` levels from `deblend_floor` sigma to its peak.
+  seg.deblend = True
+  seg.deblend_levels = 32
+  seg.deblend_contrast = 0.005
+  seg.deblend_min_area = 5
+  seg.deblend_floor = 1.0
+  # Crowded fields (segment/crowding.py): a cutout whose object-pixel fraction exceeds the `flood_quantile` of the
+  # fitting cutouts' fractions (measured on the first `flood_images` of them) is segmented again on a local
+  # background of `local_box` px meshes, then cut to that fraction. The data switch it on; `crowding=False` only
+  # for the ablation.
+  # Faint sources the clusters miss (segment/faint.py): peaks of the smoothed S/N map of at least `faint_peak` sigma
+  # outside every object component, with footprints at `faint_low` sigma. Off: on the default data's tuning split
+  # (benchmarks/segmentation_protocol.py, README) every peak tried (4-6 sigma) lowered the detection F1 (purity).
+  seg.faint = False
+  seg.faint_peak = 5.0
+  seg.faint_low = 2.0
+  seg.crowding = True
+  seg.flood_images = 500
+  seg.flood_quantile = 0.995
+  seg.local_box = 16
   seg.min_area = 5  # Smaller components are dropped.
   seg.connectivity = 8
   seg.centre_radius = 5.0  # The central object must come within this many pixels of the cutout centre.
@@ -61,6 +83,7 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
     seg.sep_bands = ("gri",)
     seg.sep_thresholds = (1.0, 2.0)
     seg.n_plot = 4
+    seg.flood_images = 50
   return seg
 
 

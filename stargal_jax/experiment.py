@@ -161,6 +161,18 @@ SEGMENTATION_SETTINGS = {
     "seg.mask_dilate": cc.integer(0),
     "seg.classifier_pipeline": cc.choice(lambda: pipelines.PIPELINES, "classifier pipeline"),
     "seg.n_plot": cc.integer(0),
+    "seg.deblend": cc.boolean,
+    "seg.deblend_levels": cc.integer(2),
+    "seg.deblend_contrast": cc.number(0, 1),
+    "seg.deblend_min_area": cc.integer(1),
+    "seg.deblend_floor": cc.number(0),
+    "seg.faint": cc.boolean,
+    "seg.faint_peak": cc.number(0, low_open=True),
+    "seg.faint_low": cc.number(0, low_open=True),
+    "seg.crowding": cc.boolean,
+    "seg.flood_images": cc.integer(1),
+    "seg.flood_quantile": cc.number(0, 1),
+    "seg.local_box": cc.integer(4, 64),
 }
 # The segmentation job trains its AEs (seg.ae, seg.model, seg.compare_models, seg.holdout_images); everything after
 # (hypercolumns, k-means, labelling, scoring, SEP) is fitted again on every run from the trained AEs.
@@ -168,7 +180,7 @@ SEGMENTATION_SCORING = CLASSIFICATION_SCORING + tuple(f"seg.{key}" for key in (
     "hypercolumn_layers", "detection_share", "detection_sigma_px", "k", "ks", "sample_pixels", "fit_images",
     "kmeans_algorithm", "rule", "snr_threshold", "snr_bands", "min_area", "connectivity", "centre_radius", "chunk",
     "score_images", "sep_bands", "sep_thresholds", "sep_minarea", "mag_bins", "mask_dilate",
-    "classifier_pipeline"))
+    "classifier_pipeline", "deblend*", "faint*", "crowding", "flood_*", "local_box"))
 # seg_cvae trains its classifier on the masked images: the masks' settings bind its checkpoints too.
 SEG_CVAE_SCORING = CLASSIFICATION_SCORING + ("seg.ks", "seg.score_images", "seg.sep_*", "seg.mag_bins")
 

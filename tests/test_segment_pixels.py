@@ -67,3 +67,15 @@ def test_band_selection_and_model_inputs():
   expected = np.transpose((np.nan_to_num(images) - 0.5) / 2.0, (0, 2, 3, 1))  # zscore by hand, NHWC
   np.testing.assert_allclose(x, expected, rtol=1e-6)
   assert x.shape == (2, 8, 8, 5) and x.dtype == np.float32
+
+
+def test_nanmedian_last_axis_is_numpys_nanmedian():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(4, 3, 51))
+  x[rng.random(x.shape) < 0.3] = np.nan
+  x[0, 0] = np.nan  # a row with nothing usable: NaN, as numpy gives
+  x[1, 1, 1:] = np.nan  # one value left
+  x[2, 2, 2:] = np.nan  # two values: their mean
+  with np.errstate(all="ignore"), pixels.quiet_nan_warnings():
+    expected = np.nanmedian(x, axis=-1)
+  np.testing.assert_array_equal(pixels.nanmedian_last_axis(x), expected)

@@ -17,7 +17,7 @@ import numpy as np
 from stargal_jax import inputs as inputs_lib
 from stargal_jax import stages, train
 from stargal_jax.data import normalize as normalization
-from stargal_jax.segment import hypercolumns, labelling, pixel_kmeans, pixels
+from stargal_jax.segment import crowding, hypercolumns, labelling, pipeline, pixel_kmeans
 
 
 def autoencoder_stage(seg_config, model_name: str) -> ml_collections.ConfigDict:
@@ -70,11 +70,17 @@ class FittedSegmentation:
   hypercolumn_fn: hypercolumns.HypercolumnFn
 
 
+def fit_rows(n: int, seg_config, seed: int) -> np.ndarray:
+  """The unlabelled rows the k-means is fitted on: a random `seg_config.fit_images` of n (0 = all), sorted."""
+  n_fit = n if not seg_config.fit_images else min(int(seg_config.fit_images), n)
+  return np.sort(np.random.default_rng([seed, 2]).permutation(n)[:n_fit])
+
+
 def fit_segmentation(result: train.TrainResult, seg_config, normalizer: dict, unlabelled,
                      ks: Sequence[int], seed: int) -> FittedSegmentation:
   """Hypercolumn k-means for every k in `ks`, fitted on a pixel sample of (a subset of) `unlabelled`."""
-  n_fit = len(unlabelled) if not seg_config.fit_images else min(int(seg_config.fit_images), len(unlabelled))
-  rows = np.sort(np.random.default_rng([seed, 2]).permutation(len(unlabelled))[:n_fit])
+  rows = fit_rows(len(unlabelled), seg_config, seed)
+  n_fit = len(rows)
   fit_store = unlabelled.subset(rows)
   fetch = inputs_lib.model_images(fit_store, normalizer)
   detection = hypercolumns.DetectionChannel.from_config(seg_config)
@@ -86,8 +92,32 @@ def fit_segmentation(result: train.TrainResult, seg_config, normalizer: dict, un
   segmenters = {int(k): pixel_kmeans.fit_segmenter(sample, int(k), seed, seg_config.kmeans_algorithm, seg_config.rule,
                                       float(seg_config.snr_threshold), weights)
                 for k in sorted(set(int(k) for k in ks))}
+  n_flood = min(int(seg_config.get("flood_images", 0)), n_fit)
+  if n_flood > 0:
+    segmenters = with_flood_limits(segmenters, hypercolumn_fn, fetch, n_flood, int(seg_config.chunk),
+                                   float(seg_config.flood_quantile))
   return FittedSegmentation(result, tuple(int(i) for i in seg_config.hypercolumn_layers), normalizer,
                             segmenters, hypercolumn_fn)
+
+
+def add_flood_limits(fitted: FittedSegmentation, seg_config, unlabelled, seed: int) -> FittedSegmentation:
+  """`fitted` (e.g. a run's segmenter saved before the crowded-field rule) with the flood limits
+  `fit_segmentation` would have measured on the same fitting cutouts."""
+  rows = fit_rows(len(unlabelled), seg_config, seed)[:int(seg_config.flood_images)]
+  fetch = inputs_lib.model_images(unlabelled.subset(rows), fitted.normalizer)
+  segmenters = with_flood_limits(fitted.segmenters, fitted.hypercolumn_fn, fetch, len(rows), int(seg_config.chunk),
+                                 float(seg_config.flood_quantile))
+  return dataclasses.replace(fitted, segmenters=segmenters)
+
+
+def with_flood_limits(segmenters: Mapping[int, pixel_kmeans.Segmenter], hypercolumn_fn: hypercolumns.HypercolumnFn,
+                      fetch: hypercolumns.Fetch, n: int, chunk: int, quantile: float) -> dict[int, pixel_kmeans.Segmenter]:
+  """Each segmenter with its `flood_limit`: the `quantile` of the object-pixel fraction over the fitting cutouts
+  0..n-1 (`crowding.flood_limit`; label-free, from what it calls object on the data it was fitted on)."""
+  ids = pixel_kmeans.assign_clusters(segmenters, hypercolumns.iter_hypercolumns(hypercolumn_fn, fetch, n, chunk), n)
+  return {k: dataclasses.replace(s, flood_limit=crowding.flood_limit(crowding.object_fraction(s.is_object[ids[k]]),
+                                                                     quantile))
+          for k, s in segmenters.items()}
 
 
 def segment_set(segmenters: Mapping[int, pixel_kmeans.Segmenter], hypercolumn_fn: hypercolumns.HypercolumnFn,
@@ -100,13 +130,13 @@ def segment_set(segmenters: Mapping[int, pixel_kmeans.Segmenter], hypercolumn_fn
 
 def segment_real_cutouts(images: np.ndarray, fitted: FittedSegmentation, k: int,
                          options: labelling.LabelOptions = labelling.LabelOptions(), chunk: int = 64,
-                         sky_subtract: bool = True) -> np.ndarray:
+                         sky_subtract: bool = True,
+                         refinements: pipeline.Refinements = pipeline.Refinements()) -> np.ndarray:
   """Masks (N, 64, 64) of raw ugriz cutouts (N, 5, 64, 64) in nanomaggies, by the fitted segmenter
-  for `k` (its clusters' object/background calls come from the training sample, not these images).
-  With `sky_subtract`, each cutout's residual background level is removed first (`pixels.subtract_sky`)."""
-  x = pixels.model_inputs(pixels.subtract_sky(images) if sky_subtract else images, fitted.normalizer)
-  return segment_set({k: fitted.segmenters[k]}, fitted.hypercolumn_fn, lambda idx: x[idx], len(x),
-                     chunk, options)[k]
+  for `k` (its clusters' object/background calls come from the training sample, not these images) and the
+  `refinements` (`pipeline.refine`; none by default). With `sky_subtract`, each cutout's residual background
+  level is removed first (`pixels.subtract_sky`)."""
+  return pipeline.segment_images(fitted, k, images, options, refinements, chunk, sky_subtract)[0]
 
 
 def save_segmenter(path: Path, fitted: FittedSegmentation) -> None:
@@ -115,7 +145,8 @@ def save_segmenter(path: Path, fitted: FittedSegmentation) -> None:
   for k, s in fitted.segmenters.items():
     arrays.update({f"k{k}_mean": s.kmeans.mean, f"k{k}_scale": s.kmeans.scale, f"k{k}_centres": s.kmeans.centres,
                    f"k{k}_inertia": np.asarray(s.kmeans.inertia), f"k{k}_is_object": s.is_object,
-                   f"k{k}_cluster_snr": s.cluster_snr, f"k{k}_cluster_fraction": s.cluster_fraction})
+                   f"k{k}_cluster_snr": s.cluster_snr, f"k{k}_cluster_fraction": s.cluster_fraction,
+                   f"k{k}_flood_limit": np.asarray(s.flood_limit)})
   np.savez(path, **arrays)
 
 
@@ -126,8 +157,10 @@ def load_segmenters(path: Path) -> tuple[tuple[int, ...], dict[int, pixel_kmeans
     for k in (int(k) for k in f["ks"]):
       kmeans = pixel_kmeans.PixelKMeans(f[f"k{k}_mean"], f[f"k{k}_scale"], f[f"k{k}_centres"],
                                         float(f[f"k{k}_inertia"]))
+      # Segmenters saved before the crowded-field rule have no flood limit: never flooded.
+      limit = float(f[f"k{k}_flood_limit"]) if f"k{k}_flood_limit" in f.files else 1.0
       segmenters[k] = pixel_kmeans.Segmenter(kmeans, f[f"k{k}_is_object"], f[f"k{k}_cluster_snr"],
-                                             f[f"k{k}_cluster_fraction"])
+                                             f[f"k{k}_cluster_fraction"], limit)
   return layers, segmenters
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from stargal_jax import registry
-from stargal_jax.segment import pixel_kmeans, pixels
+from stargal_jax.segment import deblend, pixel_kmeans, pixels
 
 
 MASK_DTYPE = np.int16  # labels 0 .. a few tens; int16 keeps a 240k-cutout mask file at 2 GB, not 4
@@ -58,12 +58,19 @@ def order_segments(segments: np.ndarray, min_area: int = 5, centre_radius: float
 
 
 def label_objects(foreground: np.ndarray, min_area: int = 5, connectivity: int = 8,
-                  centre_radius: float = 5.0) -> np.ndarray:
-  """Connected components of foreground (N, H, W) bool -> masks (N, H, W) int32 (see order_segments)."""
+                  centre_radius: float = 5.0, snr: np.ndarray | None = None,
+                  deblending: deblend.DeblendOptions | None = None) -> np.ndarray:
+  """Connected components of foreground (N, H, W) bool -> masks (N, H, W) int32 (see order_segments).
+  With `deblending`, each component with several significant peaks of the smoothed S/N map `snr` (N, H, W)
+  is split first (`deblend.deblend_segments`)."""
   structure = registry.lookup(CONNECTIVITY_STRUCTURES, connectivity, "connectivity")
+  if deblending is not None and snr is None:
+    raise ValueError("deblending needs the smoothed S/N map of the same cutouts")
   masks = np.zeros(foreground.shape, dtype=np.int32)
   for i, fg in enumerate(np.asarray(foreground, dtype=bool)):
     components, _ = ndimage.label(fg, structure=structure)
+    if deblending is not None:
+      components = deblend.deblend_segments(components, snr[i], deblending)
     masks[i] = order_segments(components, min_area, centre_radius)
   return masks
 

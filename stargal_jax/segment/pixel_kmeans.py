@@ -132,6 +132,9 @@ class Segmenter:
   is_object: np.ndarray    # (k,) bool
   cluster_snr: np.ndarray  # (k,) mean detection S/N of each cluster's sampled pixels (NaN: empty)
   cluster_fraction: np.ndarray  # (k,) fraction of the sampled pixels in each cluster
+  # Object-pixel fraction of a cutout above which it counts as flooded (`crowding`): measured on the fitting
+  # cutouts (`fitted_model.fit_segmentation`); 1 = never.
+  flood_limit: float = 1.0
 
   @property
   def k(self) -> int:

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from stargal_jax import paths
-from stargal_jax.segment import figures, fitted_model, labelling, pixels, sep_baseline
+from stargal_jax.segment import faint, figures, fitted_model, labelling, pipeline, pixels, protocol, sep_baseline
 
 
 HSC_BANDS = ("g", "r", "i", "z", "y")
@@ -122,6 +122,88 @@ def write_real_figures(workdir: str | Path, out_dir: str | Path, k: int | None =
   hsc = np.stack([hsc_scene_cutout(p, sigma) for p in scenes])
   figure(hsc, [p.stem.replace("hsc_", "HSC ") for p in scenes], "hsc")
   return written
+
+
+FLOOD_COMPONENT_PX = 1024  # a quarter of a 64 x 64 cutout
+FLOOD_OBJECT_FRACTION = 0.5
+NO_FLOOD_RULE = (f"No-flood check: a cutout is flooded when one component holds more than {FLOOD_COMPONENT_PX} px "
+                 f"(a quarter of the 64 x 64 cutout) or its object pixels exceed {FLOOD_OBJECT_FRACTION:.0%} of it.")
+M2_CORE_R_PIXEL = (212.0, 923.0)  # (x, y) of M2's core on the r frame of 002583-2-0136 (shared/data README)
+
+
+def flood_summary(masks: np.ndarray) -> dict:
+  """Detections per cutout, object fraction, largest component and the flooded count of a mask set."""
+  masks = np.asarray(masks)
+  n = len(masks)
+  largest = np.array([np.bincount(m[m > 0].ravel()).max() if (m > 0).any() else 0 for m in masks])
+  fraction = (masks > 0).reshape(n, -1).mean(axis=1)
+  flooded = (largest > FLOOD_COMPONENT_PX) | (fraction > FLOOD_OBJECT_FRACTION)
+  return {"n": int(n), "detections_per_cutout": float(np.mean(masks.reshape(n, -1).max(axis=1))),
+          "object_fraction_mean": float(fraction.mean()), "object_fraction_max": float(fraction.max()),
+          "largest_component_px": int(largest.max()), "flooded": int(flooded.sum()),
+          "central_found": float((masks == 1).any(axis=(1, 2)).mean())}
+
+
+def grid_positions(centre: tuple[float, float], per_side: int, step: float) -> np.ndarray:
+  """(per_side^2, 2) r-pixel (x, y) positions of a square grid of cutout centres around `centre`."""
+  offsets = (np.arange(per_side) - (per_side - 1) / 2.0) * step
+  xx, yy = np.meshgrid(centre[0] + offsets, centre[1] + offsets)
+  return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+def real_sets(data_dir: Path, count: int = 16, seed: int = 0) -> dict[str, tuple[np.ndarray, list[str]]]:
+  """name -> (cutouts, titles): a high-latitude field (control), the crowded low-latitude field, a grid tiling
+  M2's core, and the distinct HSC scenes are added by the caller (their noise matching needs the model)."""
+  from stargal_jax import sdss_frames  # astropy WCS work: imported only for real-data figures
+  sets = {"high-latitude 001035-6-0017": sdss_field_cutouts(data_dir / "sdss_frames" / "001035-6-0017", count, seed),
+          "crowded 005405-6-0099": sdss_field_cutouts(data_dir / "sdss_frames" / "005405-6-0099", count, seed,
+                                                      r_mag_range=(14.0, 22.0))}
+  field = sdss_frames.load_field(data_dir / "sdss_frames" / "002583-2-0136")
+  xy = grid_positions(M2_CORE_R_PIXEL, int(round(np.sqrt(count))), 64.0)
+  images = sdss_frames.cut_cutouts(field, xy)[0]
+  sets["M2 core 002583-2-0136"] = (np.nan_to_num(images), [f"M2 ({x:.0f}, {y:.0f})" for x, y in xy])
+  return sets
+
+
+def real_frame_checks(fitted_by_share: dict, k: int, options: labelling.LabelOptions,
+                      deblending, baseline_settings: dict | None, out_dir: str | Path, count: int = 16,
+                      data_dir: str | Path | None = None, n_figure: int = 6,
+                      faint_options: faint.FaintOptions | None = faint.FaintOptions()) -> dict:
+  """Real cutouts without truth, segmented by the pure and full methods (segmenters by detection share: the
+  smallest is the pure one) and by SEP and photutils at `baseline_settings` (name -> grid row; the defaults'
+  best): per set and method `flood_summary`, and one overlay figure per set in `out_dir`."""
+  data_dir = paths.shared_data_dir() if data_dir is None else Path(data_dir)
+  if not (data_dir / "sdss_frames").is_dir():
+    return {"rule": NO_FLOOD_RULE, "rows": [], "figures": [], "skipped": f"no {data_dir / 'sdss_frames'}"}
+  out_dir = Path(out_dir)
+  sets = real_sets(data_dir, count)
+  pure_share, share = min(fitted_by_share), max(fitted_by_share)
+  scenes = distinct_scenes(sorted((data_dir / "hsc_scarlet").glob("*.npz")))
+  if scenes:
+    sigma = training_sky_sigma(fitted_by_share[share].normalizer)
+    sets["HSC scenes"] = (np.stack([hsc_scene_cutout(p, sigma) for p in scenes]),
+                          [p.stem.replace("hsc_", "HSC ") for p in scenes])
+  settings = baseline_settings or {"SEP": {"band": "gri", "thresh_sigma": 1.0, "deblend_cont": 0.005},
+                                   "photutils": {"nsigma": 2.0, "contrast": 0.001, "fwhm_px": 2.5}}
+  rows, written = [], []
+  for name, (images, titles) in sets.items():
+    images = pixels.subtract_sky(np.asarray(images, np.float32))
+    columns = {
+      "pure (the study's)": pipeline.segment_images(fitted_by_share[pure_share], k, images, options)[0],
+      "full": pipeline.segment_images(fitted_by_share[share], k, images, options,
+                                      pipeline.Refinements(deblending, True, faint_options))[0]}
+    snr = pixels.snr_image(images, "gri")
+    for base in ("SEP", "photutils"):
+      columns[base] = protocol.baseline_masks(base, images, settings[base], options, snr)
+    for method, masks in columns.items():
+      rows.append({"set": name, "method": method, **flood_summary(masks)})
+    pick = np.arange(min(n_figure, len(images)))
+    slug = name.split()[0].lower()
+    path = figures.plot_segmentations(images[pick], {m: v[pick] for m, v in columns.items()},
+                                      out_dir / f"segmentation_{slug}.png", [titles[i] for i in pick],
+                                      cutouts_as_columns=True, dpi=80)
+    written.append(f"{out_dir.name}/{path.name}")
+  return {"rule": NO_FLOOD_RULE, "rows": rows, "figures": written}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -154,3 +154,76 @@ def print_summary(out: Mapping, workdir: Path) -> None:
     parts.append(f"{name}: central IoU {s['central_iou']:.3f}, nb completeness {s['neighbour_completeness']:.3f}, "
                  f"purity {s['neighbour_purity']:.3f}")
   print(f"[result] {' | '.join(parts)} | {out['wall_seconds']:.0f}s | {workdir}", flush=True)
+
+
+def _bins(metrics: Mapping, key: str, value: str) -> dict:
+  return {row["bin"]: row[value] for row in metrics.get(key) or []}
+
+
+def protocol_row(name: str, m: Mapping, flooded: int | None = None) -> dict:
+  """One method's condensed numbers (`matching.evaluate` output) for the protocol table."""
+  by_mag = _bins(m, "central_iou_by_mag", "central_iou")
+  snr = {row["bin"]: row for row in m["detection_by_snr"]}
+  mid = snr.get("5-10", {})
+  row = {"name": name, "central_iou": m["central_iou"], "f1": m["detection"]["f1"],
+         "f1_strict": m["detection_strict"]["f1"], "f1_5_10": mid.get("f1"),
+         "pr_5_10": f"{cell(mid.get('precision'))} / {cell(mid.get('recall'))}",
+         "matched_iou": m["matched_iou"], "nb_c": m["neighbour_completeness"], "nb_p": m["neighbour_purity"],
+         "blended": m["blended_recall"], "bg": m["background_called_object"],
+         "flooded": "" if flooded is None else str(flooded)}
+  row.update({f"mag_{i}": v for i, v in enumerate(by_mag.values())})
+  return row
+
+
+def protocol_columns(mag_bins: Sequence[str]) -> tuple:
+  return (("name", "method"), ("central_iou", "central IoU"),
+          *((f"mag_{i}", f"r {b}") for i, b in enumerate(mag_bins)),
+          ("f1", "F1"), ("f1_strict", "F1 (IoU>0.5)"), ("f1_5_10", "F1 S/N 5-10"), ("pr_5_10", "P / R S/N 5-10"),
+          ("matched_iou", "matched IoU"), ("nb_c", "nb completeness"), ("nb_p", "nb purity"),
+          ("blended", "blended recall"), ("bg", "bg called object"), ("flooded", "flooded cutouts"))
+
+
+def protocol_lines(out: Mapping) -> list[str]:
+  """segmentation_protocol.md: per distribution the condensed table, the targets, the chosen settings; the
+  real frames."""
+  lines = ["# Segmentation: the robustness protocol", "", f"Command: `{out.get('command', '')}`", "",
+           f"Matching: {out.get('matching', '')}", "", f"Settings chosen by: {out.get('selection', '')}.", ""]
+  if "refinements" in out:
+    r = out["refinements"]
+    grid = (sorted({row["deblend_contrast"] for row in r["grid"]}),
+            [p for p in dict.fromkeys(row["faint_peak"] for row in r["grid"])])
+    peak = r["best"]["faint_peak"]
+    lines += [f"Our deblending contrast {r['best']['deblend_contrast']:g} and faint-source peak "
+              f"{'none (no faint sources)' if peak is None else f'{peak:g} sigma'} (chosen together on the {r['chosen_on']}; contrasts {grid[0]}, "
+              f"peaks {grid[1]}).", ""]
+  checks = []
+  for name, d in (out.get("distributions") or {}).items():
+    first = next(iter(d["scores"].values()))
+    mag_bins = [row["bin"] for row in first["central_iou_by_mag"]]
+    lines += [f"## {name} ({d['n_score']} scored, {d['n_tune']} tuning cutouts; overrides {d['overrides']})", ""]
+    rows = [protocol_row(n, m, d.get("flooded_cutouts", {}).get(n)) for n, m in d["scores"].items()]
+    lines += markdown_table(rows, protocol_columns(mag_bins))
+    lines += ["", "Baselines at their best on this tuning split: " + "; ".join(
+      f"{b} {s}" for b, s in d["baseline_settings"].items()) + ".", ""]
+    c = d["checks"]
+    f1_key = next(key for key in c if key.startswith("f1_snr_") and key.endswith("_above_baselines"))
+    checks.append({"distribution": name, "iou": str(c["central_iou_above_baselines_every_r_bin"]),
+                   "f1": str(c[f1_key]), "nb": str(c["neighbour_completeness_and_purity_at_least_sep"])})
+  if checks:
+    lines += ["## Targets (the full method against the best of SEP and photutils)", ""]
+    lines += markdown_table(checks, (("distribution", "distribution"), ("iou", "central IoU above both, every r bin"),
+                                     ("f1", "F1 at S/N 5-10 above both"),
+                                     ("nb", "nb completeness >= SEP's at purity >= SEP's")))
+    lines += [""]
+  real = out.get("real")
+  if real:
+    lines += ["## Real frames (no truth)", "", real.get("rule", ""), ""]
+    lines += markdown_table(real["rows"], REAL_COLUMNS) + [""]
+    lines += [f"![{p}]({p})" for p in real.get("figures", [])] + [""]
+  return lines
+
+
+REAL_COLUMNS = (("set", "cutouts"), ("method", "method"), ("n", "n"), ("detections_per_cutout", "detections / cutout"),
+                ("object_fraction_mean", "object fraction (mean)"), ("object_fraction_max", "object fraction (max)"),
+                ("largest_component_px", "largest component (px)"), ("flooded", "flooded cutouts"),
+                ("central_found", "central found"))

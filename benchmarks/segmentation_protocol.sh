@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The segmentation protocol as measured for the README (issue 16), in steps of <= ~15 min on the 2-core VM.
+# Usage: benchmarks/segmentation_protocol.sh RUN OUT   (RUN: a workdir; its AE is trained here if it has no config.json)
+set -euo pipefail
+RUN=${1:?RUN workdir}; OUT=${2:?output folder}
+PY=${PY:-python}
+SIZES="--n-tune=100 --n-score=300 --shifted-n-labelled=550"
+COMMON="--run=$RUN --segmenters=$OUT/segmenters $SIZES"
+mkdir -p "$OUT"
+if [ ! -f "$RUN/config.json" ]; then
+  # The residual AE (300 steps) on the default data. Only its checkpoint is used below (the segmenters are fitted
+  # again by the protocol), so the run may be stopped once checkpoints/residual_conv_ae holds step 300.
+  nice -n 10 $PY launch.py --config=configs/segmentation.py --workdir="$RUN" --config.seg.score_images=300 \
+    '--config.seg.ks=(4,)' '--config.seg.compare_models=("residual_conv_ae",)' > "$OUT/run.log" 2>&1
+fi
+# 1. Our deblend contrast and faint-source peak, chosen on the default data's tuning split (and the two segmenters,
+#    pure and with the detection channel, fitted on the default unlabelled data and cached).
+nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/settings" --distributions= --skip-real \
+  > "$OUT/settings.log" 2>&1
+# 2. Every method on each distribution's scored split; SEP's and photutils' best settings chosen on that
+#    distribution's own tuning split (their best), ours reused from step 1.
+for d in default seeing_1.8 neighbours_x2 shallower_0.5; do
+  nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/$d" --distributions=$d \
+    --settings-from="$OUT/settings/segmentation_protocol.json" --skip-real > "$OUT/$d.log" 2>&1
+done
+# 3. Real frames (no truth): the crowded field, M2, a high-latitude control, the HSC scenes; baselines at their
+#    default-data best.
+nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/real" --skip-sim \
+  --settings-from="$OUT/default/segmentation_protocol.json" > "$OUT/real.log" 2>&1

@@ -1,0 +1,65 @@
+"""segment.protocol: disjoint splits, the grid search's choice by hand, the baselines through the common labelling,
+and the issue's targets on hand-made score tables."""
+
+import numpy as np
+import pytest
+
+from stargal_jax.segment import labelling, matching, protocol
+from synthetic_scenes import make_scenes
+
+
+def test_split_rows_are_disjoint_sorted_and_reproducible():
+  tune, score = protocol.split_rows(100, 20, 50, seed=3)
+  assert len(tune) == 20 and len(score) == 50 and not set(tune) & set(score)
+  assert (np.diff(tune) > 0).all() and (np.diff(score) > 0).all()
+  np.testing.assert_array_equal(protocol.split_rows(100, 20, 50, seed=3)[1], score)
+  with pytest.raises(ValueError, match="cannot take"):
+    protocol.split_rows(10, 6, 5)
+
+
+@pytest.fixture(scope="module")
+def split():
+  images, masks, table = make_scenes(6, seed=4)
+  truth = {"mask": masks, "mag": np.full((6, 5), 20.0), **table}
+  return protocol.make_split(lambda rows: images[rows], truth, np.arange(6))
+
+
+def test_grid_search_takes_the_setting_with_the_best_selection_score(split):
+  empty = np.zeros_like(split.true_masks)
+  half = np.where(split.true_masks == 1, 1, 0)  # the centrals only: F1 below 1
+  by_setting = {0: empty, 1: split.true_masks, 2: half}
+  best, rows = protocol.grid_search(lambda s: by_setting[s["i"]], [{"i": 0}, {"i": 1}, {"i": 2}], split)
+  assert best == {"i": 1}
+  assert rows[1]["selection_score"] == pytest.approx(1.0)
+  expected = matching.selection_score(matching.evaluate(half, split.true_masks, split.snr, split.truth))
+  assert rows[2]["selection_score"] == pytest.approx(expected)
+
+
+def test_baselines_find_the_scene_objects(split):
+  options = labelling.LabelOptions()
+  for name, setting in (("SEP", protocol.SEP_GRID[3]), ("photutils", protocol.PHOTUTILS_GRID[4])):
+    masks = protocol.baseline_masks(name, split.images, setting, options, split.snr)
+    m = protocol.evaluate_split(masks, split)
+    assert m["central_found"] == 1.0 and m["detection"]["recall"] >= 0.9, name
+  with pytest.raises(ValueError, match="unknown baseline"):
+    protocol.baseline_masks("sextractor", split.images, {}, options)
+
+
+def _scores(central_by_bin, f1_mid, nb_c, nb_p):
+  return {"central_iou_by_mag": [{"bin": b, "central_iou": v} for b, v in zip(("< 19", "19-21", ">= 21"),
+                                                                                central_by_bin)],
+          "detection_by_snr": [{"bin": "5-10", "f1": f1_mid}], "neighbour_completeness": nb_c,
+          "neighbour_purity": nb_p}
+
+
+def test_done_checks_by_hand():
+  scores = {"SEP (x)": _scores((0.7, 0.6, 0.5), 0.6, 0.5, 0.6), "photutils (y)": _scores((0.72, 0.5, 0.55), 0.65,
+                                                                                           0.6, 0.5),
+            "ours": _scores((0.8, 0.7, 0.54), 0.7, 0.5, 0.7)}
+  c = protocol.done_checks(scores, "ours")
+  assert not c["central_iou_above_baselines_every_r_bin"]  # 0.54 < photutils' 0.55 at r >= 21
+  assert c["central_iou_by_r_bin_ours_vs_best_baseline"][">= 21"] == [0.54, 0.55]
+  assert c["f1_snr_5-10_above_baselines"]
+  assert c["neighbour_completeness_and_purity_at_least_sep"]
+  scores["ours"]["neighbour_purity"] = 0.55
+  assert not protocol.done_checks(scores, "ours")["neighbour_completeness_and_purity_at_least_sep"]
