@@ -10,27 +10,97 @@ extendedness measured on the images (`metrics.orient_score`), and point-like obj
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from stargal_jax import metrics, morphology, registry
+from stargal_jax import metrics, morphology, photometry, registry
 from stargal_jax.classify import manifold
 
 ScoreMethod = Callable[[np.ndarray, Any, int, dict], np.ndarray]
 
 
-def image_measurements(store, chunk: int = 2048) -> dict[str, np.ndarray]:
-  """Label-free measurements on the raw images (r magnitude, extendedness, classical baseline scores), chunked
-  so that a full-size store is never read into memory at once."""
-  parts: dict[str, list[np.ndarray]] = {}
+PSF_BRIGHT_FRACTION = 0.3  # the PSF comes from the brightest 30% of the set (morphology.estimate_psf's rule)
+PSF_MAX_OBJECTS = 2000  # of which at most this many, evenly spread in brightness: bounded memory
+
+
+class SetPsf(NamedTuple):
+  """The label-free PSF of a whole set (r band), estimated once: a property of the set, not of a chunk."""
+  fwhm_px: float  # Gaussian matched-filter width (morphology.estimate_psf)
+  aperture_correction_mag: float  # stellar locus offset of psf_minus_extended
+  mixture: photometry.GaussianMixture  # the stacked stars' mixture of the model fits (photometry)
+
+
+def _read_chunks(store, chunk: int):
   for start in range(0, len(store), chunk):
-    images = store.read(np.arange(start, min(start + chunk, len(store))))
-    values = {"r_mag": morphology.r_magnitude(images), "extendedness": morphology.extendedness(images)}
-    values.update({f"baseline_{k}": v for k, v in morphology.classical_baseline_scores(images).items()})
-    for k, v in values.items():
-      parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
-  return {k: np.concatenate(v) for k, v in parts.items()}
+    yield start, store.read(np.arange(start, min(start + chunk, len(store))))
+
+
+def bright_subset(store, chunk: int = 2048, bright_fraction: float = PSF_BRIGHT_FRACTION,
+                  max_objects: int = PSF_MAX_OBJECTS) -> np.ndarray:
+  """Sorted indices of the brightest `bright_fraction` of the set by r-band 5 px flux, thinned evenly in
+  brightness order to `max_objects` (the selection `morphology.estimate_psf` makes within the images it gets)."""
+  brightness = np.concatenate([morphology.aperture_flux(images, morphology.CONCENTRATION_RADII_PX[1])
+                               for _, images in _read_chunks(store, chunk)]) if len(store) else np.zeros(0)
+  order = np.argsort(-brightness, kind="stable")
+  n_bright = max(int(round(bright_fraction * len(order))), min(len(order), 20))
+  bright = order[:n_bright]
+  return np.sort(bright[np.linspace(0, len(bright) - 1, min(len(bright), max_objects)).astype(np.int64)])
+
+
+def estimate_set_psf(store, chunk: int = 2048) -> SetPsf:
+  """The set's PSF from its bright objects, read once (at most PSF_MAX_OBJECTS images in memory): the
+  matched-filter width and aperture correction (`morphology.estimate_psf`) and the stacked-star mixture
+  (`photometry.estimate_psf_model`; a Gaussian of the width when too few stars qualify, with a warning)."""
+  bright = np.asarray(store.read(bright_subset(store, chunk)))
+  estimate = morphology.estimate_psf(bright, bright_fraction=1.0, max_objects=len(bright))
+  try:
+    mixture = photometry.estimate_psf_model(bright, morphology.R_BAND, bright_fraction=1.0,
+                                            max_objects=len(bright)).mixture
+  except ValueError as error:
+    warnings.warn(f"{error}; using a Gaussian PSF", stacklevel=2)
+    mixture = photometry.gaussian_psf_mixture(estimate.fwhm_px)
+  return SetPsf(estimate.fwhm_px, estimate.aperture_correction_mag, mixture)
+
+
+def _median_filled(values: np.ndarray) -> np.ndarray:
+  """Non-finite entries take the set's median of the finite ones: a neutral rank, neither end."""
+  values = np.array(values, dtype=np.float64)
+  finite = np.isfinite(values)
+  values[~finite] = np.median(values[finite]) if finite.any() else 0.0
+  return values
+
+
+def image_measurements(store, chunk: int = 2048, psf: SetPsf | None = None) -> dict[str, np.ndarray]:
+  """Label-free measurements on the raw images (r magnitude, extendedness, classical baseline scores).
+
+  The PSF (`estimate_set_psf`), the stellar locus of psfMag - cModelMag and the median that fills undefined
+  values are properties of the set, estimated once over all of it; the pixels are read `chunk` cutouts at a
+  time, so that a full-size store is never in memory at once. Keys as `morphology.classical_baseline_scores`
+  (prefixed `baseline_`), plus `r_mag` and `extendedness` (= baseline_psf_minus_extended)."""
+  if psf is None:
+    psf = estimate_set_psf(store, chunk)
+  raw: dict[str, list[np.ndarray]] = {"r_mag": [], "psf_minus_extended": [], "concentration": []}
+  fits: list[photometry.ModelFits] = []
+  for _, images in _read_chunks(store, chunk):
+    raw["r_mag"].append(morphology.r_magnitude(images))
+    raw["psf_minus_extended"].append(morphology.psf_minus_extended(
+        images, morphology.R_BAND, psf.fwhm_px, psf.aperture_correction_mag))
+    raw["concentration"].append(-morphology.concentration_index(images))
+    fits.append(photometry.fit_models(images, psf.mixture, morphology.R_BAND))
+  values = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}
+  fitted = photometry.ModelFits(*(np.concatenate(column) if fits else np.zeros(0) for column in zip(*fits)))
+  difference = photometry.psf_minus_cmodel(fitted)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    locus = photometry.stellar_locus(difference, fitted.cmodel_flux / fitted.psf_flux_err)
+  extendedness = _median_filled(values["psf_minus_extended"])
+  return {"r_mag": values["r_mag"], "extendedness": extendedness,
+          "baseline_concentration": _median_filled(values["concentration"]),
+          "baseline_psf_minus_extended": extendedness,
+          "baseline_sdss_psf_minus_cmodel": _median_filled(difference),
+          "baseline_sdss_psf_minus_cmodel_significance": _median_filled(
+              photometry.psf_cmodel_significance(fitted, *locus))}
 
 
 def _latent_unit(latents, score_config, seed, measurements):
