@@ -16,6 +16,7 @@ import importlib.util
 import json
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -91,7 +92,14 @@ def load_config(config_spec: str) -> ml_collections.ConfigDict:
   arg = config_spec.partition(":")[2] or None
   spec = importlib.util.spec_from_file_location(f"robustness_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  added = str(paths.REPO_ROOT) not in sys.path
+  if added:  # the config files import `configs.common` from the checkout
+    sys.path.insert(0, str(paths.REPO_ROOT))
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    if added:
+      sys.path.remove(str(paths.REPO_ROOT))
   return module.get_config(arg)
 
 
