@@ -102,3 +102,18 @@ def test_bright_subset_is_the_brightest_fraction_thinned():
   brightest = np.argsort(-flux, kind="stable")[:20]
   assert len(chosen) == 10 and set(chosen) <= set(brightest)
   assert brightest[0] in chosen and brightest[-1] in chosen  # thinned evenly: both ends kept
+
+
+def test_measurements_of_a_packed_store_are_cached_beside_it(tmp_path):
+  from stargal_jax.data import formats, store as stores
+  images, source = _measurement_source(n=12, seed=4)
+  formats.write_unlabelled(tmp_path / "a.npy", images)
+  packed = stores.open_dataset(str(tmp_path / "a.npy"), kind="unlabelled", cache_dir=tmp_path / "cache")
+  first = scoring.image_measurements(packed)
+  cached = list(packed.root.glob(f"measurements-v{scoring.MEASUREMENTS_VERSION}-all.npz"))
+  assert len(cached) == 1
+  again = scoring.image_measurements(packed)
+  direct = scoring.image_measurements(source)  # not a packed store: measured, nothing cached
+  for key in first:
+    np.testing.assert_array_equal(again[key], first[key])
+    np.testing.assert_allclose(direct[key], first[key], rtol=1e-6, atol=1e-9)

@@ -10,7 +10,10 @@ extendedness measured on the images (`metrics.orient_score`), and point-like obj
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -21,6 +24,7 @@ from stargal_jax.classify import manifold
 ScoreMethod = Callable[[np.ndarray, Any, int, dict], np.ndarray]
 
 
+MEASUREMENTS_VERSION = 1  # bump when a measurement changes: older cached values are then not reused
 PSF_BRIGHT_FRACTION = 0.3  # the PSF comes from the brightest 30% of the set (morphology.estimate_psf's rule)
 PSF_MAX_OBJECTS = 2000  # of which at most this many, evenly spread in brightness: bounded memory
 
@@ -72,15 +76,42 @@ def _median_filled(values: np.ndarray) -> np.ndarray:
   return values
 
 
+def _cache_path(store) -> Path | None:
+  """Where a packed store's measurements are kept: beside its images (the store's own cache folder), per
+  MEASUREMENTS_VERSION and subset of rows; None for sources that are not packed stores."""
+  root, summary = getattr(store, "root", None), getattr(store, "summary", None)
+  if root is None or not isinstance(summary, dict) or "fingerprint" not in summary or not Path(root).is_dir():
+    return None
+  rows = getattr(store, "rows", None)
+  subset = "all" if rows is None else hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:12]
+  return Path(root) / f"measurements-v{MEASUREMENTS_VERSION}-{subset}.npz"
+
+
 def image_measurements(store, chunk: int = 2048, psf: SetPsf | None = None) -> dict[str, np.ndarray]:
   """Label-free measurements on the raw images (r magnitude, extendedness, classical baseline scores).
 
   The PSF (`estimate_set_psf`), the stellar locus of psfMag - cModelMag and the median that fills undefined
   values are properties of the set, estimated once over all of it; the pixels are read `chunk` cutouts at a
   time, so that a full-size store is never in memory at once. Keys as `morphology.classical_baseline_scores`
-  (prefixed `baseline_`), plus `r_mag` and `extendedness` (= baseline_psf_minus_extended)."""
-  if psf is None:
-    psf = estimate_set_psf(store, chunk)
+  (prefixed `baseline_`), plus `r_mag` and `extendedness` (= baseline_psf_minus_extended).
+  For a packed store (and the set's own PSF) the result is cached beside the store's images and reused: it
+  depends on the pixels only, and every run on the same data measures the same."""
+  cached = _cache_path(store) if psf is None else None
+  if cached is not None and cached.is_file():
+    with np.load(cached, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  values = _measure(store, chunk, psf if psf is not None else estimate_set_psf(store, chunk))
+  if cached is not None:
+    temporary = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npz")
+    try:
+      np.savez(temporary, **values)
+      temporary.replace(cached)
+    except OSError:  # a read-only cache: measured again next time
+      temporary.unlink(missing_ok=True)
+  return values
+
+
+def _measure(store, chunk: int, psf: SetPsf) -> dict[str, np.ndarray]:
   raw: dict[str, list[np.ndarray]] = {"r_mag": [], "psf_minus_extended": [], "concentration": []}
   fits: list[photometry.ModelFits] = []
   for _, images in _read_chunks(store, chunk):

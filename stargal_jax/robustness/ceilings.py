@@ -11,13 +11,12 @@ and, once per data set, the classical label-free indices together with the r mag
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from stargal_jax import inputs as inputs_lib
-from stargal_jax import paths, stages
+from stargal_jax import stages
 from stargal_jax.classify import manifold, pipelines, scoring
 from stargal_jax.data import normalize as normalization
 from stargal_jax.data.formats import CLASS_CODES
@@ -77,30 +76,10 @@ def cell_ceilings(config, workdir: Path) -> dict:
   return out
 
 
-# --------------------------------------------------------------------------- measurements of a data set, cached
+# --------------------------------------------------------------------------- the hand-feature ceiling
 
 INDEX_KEYS = ("baseline_concentration", "baseline_psf_minus_extended", "baseline_sdss_psf_minus_cmodel",
               "baseline_sdss_psf_minus_cmodel_significance")
-
-
-def measurements_path(cache: Path, store) -> Path:
-  """Per store (its fingerprint names its content), where its label-free image measurements are cached."""
-  digest = hashlib.sha256(str(store.summary.get("fingerprint", store.summary)).encode()).hexdigest()[:16]
-  return Path(cache) / "measurements" / f"{digest}.npz"
-
-
-def cached_measurements(cache: Path, store) -> dict[str, np.ndarray]:
-  """`scoring.image_measurements` of a store, computed once and cached (they depend on the pixels only)."""
-  path = measurements_path(cache, store)
-  if path.is_file():
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  values = scoring.image_measurements(store)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_suffix(".tmp.npz")
-  np.savez(temporary, **values)
-  temporary.replace(path)
-  return values
 
 
 def index_ceilings(measurements: dict, is_galaxy, mag_bins, seed: int = 0) -> dict:
@@ -112,6 +91,6 @@ def index_ceilings(measurements: dict, is_galaxy, mag_bins, seed: int = 0) -> di
 def data_index_ceilings(config) -> dict:
   """`index_ceilings` of the labelled set named by `config.data` (its measurements cached)."""
   labelled = inputs_lib.load_inputs(config.data, seed=config.seed).labelled
-  measurements = cached_measurements(paths.cache_dir(config.data.cache_dir), labelled)
+  measurements = scoring.image_measurements(labelled)  # cached beside the store by the run that scored it
   is_galaxy = np.asarray(labelled.index["label"]) == CLASS_CODES["GALAXY"]
   return index_ceilings(measurements, is_galaxy, tuple(config.data.mag_bins), int(config.seed))

@@ -35,7 +35,7 @@ from stargal_jax.classify import pipelines, scoring
 from stargal_jax.data import formats
 from stargal_jax.data import normalize as normalization
 from stargal_jax.data import store as stores
-from stargal_jax.robustness import cells, ceilings
+from stargal_jax.robustness import cells
 
 REAL = cells.REAL
 HIGH_LATITUDE_FIELDS = ("001035-6-0017", "001043-5-0025", "001992-1-0087", "003184-2-0169", "007264-3-0111",
@@ -161,7 +161,7 @@ def _default_cell_scores(out: Path, spec: cells.CellSpec):
     score = np.asarray(f["score"], np.float64)
   config = cells.cell_config(default)
   labelled = inputs_lib.load_inputs(config.data, seed=config.seed).labelled
-  measurements = ceilings.cached_measurements(paths.cache_dir(config.data.cache_dir), labelled)
+  measurements = scoring.image_measurements(labelled)
   return (score[0] if score.ndim == 2 else score), measurements
 
 
@@ -179,8 +179,7 @@ def run_real_cell(out: Path, spec: cells.CellSpec, log=print) -> dict:
                              source=f"real SDSS frames {', '.join(HIGH_LATITUDE_FIELDS)}")
   log(f"[robustness] {spec.name}: {len(store)} real cutouts")
   latents = np.asarray(pipelines.train_latents(config, inputs, directory, jax.random.key(config.seed)), np.float64)
-  measurements = ceilings.cached_measurements(paths.cache_dir(config.data.cache_dir), store.store)
-  measurements = {k: v[store.rows] for k, v in measurements.items()}
+  measurements = {k: v[store.rows] for k, v in scoring.image_measurements(store.store).items()}
   mag_bins = tuple(config.data.mag_bins)
   scored = [scoring.score_latents(z, measurements, config, seed=int(config.seed) + s) for s, z in enumerate(latents)]
   np.savez(directory / "predictions.npz", score=np.stack([s["score"] for s in scored]).astype(np.float32),
