@@ -5,14 +5,17 @@ as `config.data.sim_params.<field>`; a shifted set is cached under its own name,
 robustness protocol (`stargal_jax.robustness`) judges every design on all of them; the segmentation wing reuses
 them. A shift changes one physical condition against the default, so a drop in a design's AUC names its cause:
 
-- seeing_worse: the r-band median seeing 1.2" -> 1.6" FWHM (more galaxies unresolved);
-- deeper: the faint limit one magnitude deeper, r 22.5 -> 23.5 (more faint, low-S/N objects);
-- stars_0.2 / stars_0.6: 20% / 60% point sources instead of 30% (the prior threshold stays at the config's
+- seeing_worse: the r-band median seeing 1.3" -> 1.7" FWHM (more galaxies unresolved);
+- deeper: exposures one magnitude deeper (`depth_mag` 1: the S/N 5 limit one magnitude fainter, more faint
+  low-S/N objects detected);
+- galaxies_smaller / galaxies_larger: galaxy half-light radii x0.7 / x1.4 against the size relation;
+- stars_0.2 / stars_0.6: 20% / 60% point sources instead of 43% (the prior threshold stays at the config's
   `data.star_fraction`, as a user's prior would: the label-free AUC does not depend on it, the accuracy does);
-- no_neighbours / many_neighbours: no stamp with neighbours / 70% of the stamps with 1-3 neighbours (30%).
+- no_neighbours / many_neighbours: no field sources around the central object / three times the high-latitude
+  density (`neighbour_density_scale` 0 / 3).
 
-Galaxies smaller and larger than the size relation need the size knob of the replacement simulator
-(`galaxy_size_scale`); they join this registry with it.
+`hard` is the set the fixes of the designs were chosen on (README): central objects r 19-23.5 only, median seeing
+1.5". It is never a reported result: a design's settings are not judged on the set they were tuned on.
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ class Distribution:
 
 DISTRIBUTIONS: dict[str, Distribution] = {
     "default": Distribution({}, "the simulator's defaults: the project's default data"),
-    "seeing_worse": Distribution({"seeing_r_median_arcsec": 1.6}, "median r seeing 1.6\" FWHM (default 1.2\")"),
-    "deeper": Distribution({"r_faint_limit": 23.5}, "faint limit r 23.5 (default 22.5)"),
-    "stars_0.2": Distribution({"point_fraction": 0.2}, "20% point sources (default 30%)"),
-    "stars_0.6": Distribution({"point_fraction": 0.6}, "60% point sources (default 30%)"),
-    "no_neighbours": Distribution({"neighbour_fraction": 0.0}, "no neighbours in any stamp (default 30%)"),
-    "many_neighbours": Distribution({"neighbour_fraction": 0.7}, "70% of stamps with neighbours (default 30%)"),
-    # The set the fixes of the designs were chosen on (README): every object r 19-22.5, seeing 1.4". Not a
-    # reported result: a design's settings are never judged on the set they were tuned on.
-    "hard": Distribution({"faint_fraction": 1.0, "seeing_r_median_arcsec": 1.4},
-                         "tuning set: all objects r 19-22.5, median seeing 1.4\""),
+    "seeing_worse": Distribution({"seeing_r_median_arcsec": 1.7}, "median r seeing 1.7\" FWHM (default 1.3\")"),
+    "deeper": Distribution({"depth_mag": 1.0}, "one magnitude deeper exposures (depth_mag 1, default 0)"),
+    "galaxies_smaller": Distribution({"galaxy_size_scale": 0.7}, "galaxy sizes x0.7 of the size relation"),
+    "galaxies_larger": Distribution({"galaxy_size_scale": 1.4}, "galaxy sizes x1.4 of the size relation"),
+    "stars_0.2": Distribution({"point_fraction": 0.2}, "20% point sources (default 43%)"),
+    "stars_0.6": Distribution({"point_fraction": 0.6}, "60% point sources (default 43%)"),
+    "no_neighbours": Distribution({"neighbour_density_scale": 0.0}, "no neighbours (default density 1)"),
+    "many_neighbours": Distribution({"neighbour_density_scale": 3.0}, "3x the neighbour density"),
+    "hard": Distribution({"r_bright_limit": 19.0, "seeing_r_median_arcsec": 1.5},
+                         "tuning set: central objects r 19-23.5 only, median seeing 1.5\""),
 }
 
 

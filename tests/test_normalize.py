@@ -103,7 +103,7 @@ def test_save_load_round_trip_and_validation(tmp_path):
 
 def test_unknown_method_lists_valid_names_and_constant_band_fails():
   images = _heavy_tailed_images()
-  with pytest.raises(ValueError, match=r"\['asinh', 'zscore'\]"):
+  with pytest.raises(ValueError, match=r"\['asinh', 'asinh_shape', 'zscore'\]"):
     normalize.fit_normalizer(images, "minmax")
   images[:, 3] = 0.0
   with pytest.raises(ValueError, match="band i"):

@@ -28,7 +28,7 @@ def test_every_distribution_builds_valid_sim_params():
 def test_apply_to_config_and_unknown_names():
   config = load_config("cvae", "smoke")
   shifts.apply_to_config(config, "seeing_worse")
-  assert config.data.sim_params.seeing_r_median_arcsec == 1.6
+  assert config.data.sim_params.seeing_r_median_arcsec == 1.7
   assert SimParams.from_dict(config.data.sim_params.to_dict()) == shifts.sim_params("seeing_worse")
   with pytest.raises(registry.UnknownName, match="seeing_worse"):
     shifts.get_distribution("seeing_bad")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from stargal_jax import metrics
-from stargal_jax.classify import manifold
+from stargal_jax.classify import manifold, scoring
 from stargal_jax.data.formats import CLASS_CODES
 
 # The per-seed numbers a seed study summarises (mean, std, min, max, 95% t-interval).
@@ -42,7 +42,7 @@ def evaluate(latents: np.ndarray, scored: dict, labelled_store, measurements: di
 def consensus_metrics(evaluations: list[dict], is_galaxy, star_fraction: float, r_mag, mag_bins) -> dict:
   """The study's consensus: every seed's label-free oriented score turned into ranks and averaged, then scored
   like one run. Answers "what does the whole study say", beside the per-seed spread."""
-  ranks = np.mean([np.argsort(np.argsort(e["score"])) / (len(e["score"]) - 1) for e in evaluations], axis=0)
+  ranks = scoring.consensus_score([e["score"] for e in evaluations])
   return metrics.classification_metrics(is_galaxy, ranks, star_fraction, r_mag, mag_bins)
 
 

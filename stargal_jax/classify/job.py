@@ -79,7 +79,7 @@ def _classify(config, inputs: inputs_lib.Inputs, workdir: Path, out_dir: Path) -
            "wall_seconds": time.perf_counter() - t0, "devices": [str(d) for d in jax.devices()]}
   out = outputs.write_outputs(out_dir, evaluations, latents_per_seed, inputs.labelled, measurements, star_fraction,
                               mag_bins, extra, config.to_json_best_effort(indent=2),
-                              make_plots=config.eval.plots and distributed.is_writer())
+                              make_plots=config.eval.plots and distributed.is_writer(), config=config)
   base = {k: round(v["auc"], 4) for k, v in out["baselines"].items()}
   if config.num_seeds > 1:
     print(f"[result] {config.num_seeds} seeds: auc {out['auc_mean']:.4f} +- {out['auc_std']:.4f} "

@@ -18,13 +18,13 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from stargal_jax import metrics, morphology, photometry, registry
+from stargal_jax import BANDS, metrics, morphology, photometry, registry
 from stargal_jax.classify import manifold
 
 ScoreMethod = Callable[[np.ndarray, Any, int, dict], np.ndarray]
 
 
-MEASUREMENTS_VERSION = 1  # bump when a measurement changes: older cached values are then not reused
+MEASUREMENTS_VERSION = 2  # bump when a measurement changes: older cached values are then not reused
 PSF_BRIGHT_FRACTION = 0.3  # the PSF comes from the brightest 30% of the set (morphology.estimate_psf's rule)
 PSF_MAX_OBJECTS = 2000  # of which at most this many, evenly spread in brightness: bounded memory
 
@@ -68,14 +68,6 @@ def estimate_set_psf(store, chunk: int = 2048) -> SetPsf:
   return SetPsf(estimate.fwhm_px, estimate.aperture_correction_mag, mixture)
 
 
-def _median_filled(values: np.ndarray) -> np.ndarray:
-  """Non-finite entries take the set's median of the finite ones: a neutral rank, neither end."""
-  values = np.array(values, dtype=np.float64)
-  finite = np.isfinite(values)
-  values[~finite] = np.median(values[finite]) if finite.any() else 0.0
-  return values
-
-
 def _cache_path(store) -> Path | None:
   """Where a packed store's measurements are kept: beside its images (the store's own cache folder), per
   MEASUREMENTS_VERSION and subset of rows; None for sources that are not packed stores."""
@@ -92,8 +84,10 @@ def image_measurements(store, chunk: int = 2048, psf: SetPsf | None = None) -> d
 
   The PSF (`estimate_set_psf`), the stellar locus of psfMag - cModelMag and the median that fills undefined
   values are properties of the set, estimated once over all of it; the pixels are read `chunk` cutouts at a
-  time, so that a full-size store is never in memory at once. Keys as `morphology.classical_baseline_scores`
-  (prefixed `baseline_`), plus `r_mag` and `extendedness` (= baseline_psf_minus_extended).
+  time, so that a full-size store is never in memory at once. Keys: `r_mag` and `mag_<band>` (7.4" aperture
+  magnitudes), `extendedness` (= baseline_psf_minus_extended), the classical baselines' scores (`baseline_<name>`,
+  as `morphology.classical_baseline_scores`) and the physical indices behind them, NaN where undefined
+  (`index_<name>`, as `morphology.classical_indices`, for catalogues).
   For a packed store (and the set's own PSF) the result is cached beside the store's images and reused: it
   depends on the pixels only, and every run on the same data measures the same."""
   cached = _cache_path(store) if psf is None else None
@@ -112,26 +106,36 @@ def image_measurements(store, chunk: int = 2048, psf: SetPsf | None = None) -> d
 
 
 def _measure(store, chunk: int, psf: SetPsf) -> dict[str, np.ndarray]:
-  raw: dict[str, list[np.ndarray]] = {"r_mag": [], "psf_minus_extended": [], "concentration": []}
+  raw: dict[str, list[np.ndarray]] = {"r_mag": [], "psf_minus_extended": [], "concentration_index": [],
+                                      **{f"mag_{b}": [] for b in BANDS if b != "r"}}
   fits: list[photometry.ModelFits] = []
   for _, images in _read_chunks(store, chunk):
     raw["r_mag"].append(morphology.r_magnitude(images))
+    for b in BANDS:
+      if b != "r":
+        raw[f"mag_{b}"].append(morphology.r_magnitude(images, band=BANDS.index(b)))
     raw["psf_minus_extended"].append(morphology.psf_minus_extended(
         images, morphology.R_BAND, psf.fwhm_px, psf.aperture_correction_mag))
-    raw["concentration"].append(-morphology.concentration_index(images))
+    raw["concentration_index"].append(morphology.concentration_index(images))
     fits.append(photometry.fit_models(images, psf.mixture, morphology.R_BAND))
-  values = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}
+  values = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in raw.items()}
   fitted = photometry.ModelFits(*(np.concatenate(column) if fits else np.zeros(0) for column in zip(*fits)))
   difference = photometry.psf_minus_cmodel(fitted)
+  # The stellar locus, like the PSF, is a property of the whole set (not of a chunk).
   with np.errstate(divide="ignore", invalid="ignore"):
     locus = photometry.stellar_locus(difference, fitted.cmodel_flux / fitted.psf_flux_err)
-  extendedness = _median_filled(values["psf_minus_extended"])
-  return {"r_mag": values["r_mag"], "extendedness": extendedness,
-          "baseline_concentration": _median_filled(values["concentration"]),
-          "baseline_psf_minus_extended": extendedness,
-          "baseline_sdss_psf_minus_cmodel": _median_filled(difference),
-          "baseline_sdss_psf_minus_cmodel_significance": _median_filled(
-              photometry.psf_cmodel_significance(fitted, *locus))}
+  indices = {"concentration_index": values["concentration_index"],
+             "psf_minus_extended": values["psf_minus_extended"],
+             "sdss_psf_minus_cmodel": np.asarray(difference, np.float64),
+             "sdss_psf_minus_cmodel_significance": np.asarray(photometry.psf_cmodel_significance(fitted, *locus),
+                                                              np.float64)}
+  baselines = morphology.baseline_scores_from_indices(indices)
+  # extendedness is the psf_minus_extended baseline (the same function of the same images): not measured twice.
+  out = {"r_mag": values["r_mag"], "extendedness": baselines["psf_minus_extended"]}
+  out.update({f"mag_{b}": values[f"mag_{b}"] for b in BANDS if b != "r"})
+  out.update({f"baseline_{k}": v for k, v in baselines.items()})
+  out.update({f"index_{k}": v for k, v in indices.items()})
+  return out
 
 
 def _latent_unit(latents, score_config, seed, measurements):
@@ -176,6 +180,17 @@ def orient_and_threshold(raw: np.ndarray, measurements: dict, star_fraction: flo
   score, sign = metrics.orient_score(raw, measurements["extendedness"])
   return {"score": score, "pred": metrics.prior_threshold_predictions(score, star_fraction),
           "orientation_sign": int(sign), "threshold": float(np.quantile(score, star_fraction))}
+
+
+def rank_quantile(score: np.ndarray) -> np.ndarray:
+  """(N,) rank of each score within the set over N - 1: 0 the lowest (most point-like), 1 the highest."""
+  score = np.asarray(score, dtype=np.float64)
+  return np.argsort(np.argsort(score, kind="stable")) / max(len(score) - 1, 1)  # ties: in row order
+
+
+def consensus_score(scores: np.ndarray) -> np.ndarray:
+  """A seed study's consensus: every seed's oriented score (S, N) as rank quantiles, averaged over the seeds."""
+  return np.mean([rank_quantile(s) for s in np.asarray(scores)], axis=0)
 
 
 def score_latents(latents: np.ndarray, measurements: dict, config, seed: int) -> dict[str, Any]:
