@@ -58,3 +58,18 @@ def test_subset_reads_through():
   np.testing.assert_array_equal(subset.read(np.array([0, 3]))[:, 0], subset.rows[[0, 3]])
   np.testing.assert_array_equal(subset.index["objID"], subset.rows * 3)
   assert len(real.Subset(Store(), None)) == 10
+
+
+def test_subset_of_a_packed_store_keeps_its_structured_index(tmp_path):
+  """A packed store's index is a structured array: the subset's rows are the store's rows at the chosen order."""
+  from stargal_jax.data import formats, store as stores
+  images = np.random.default_rng(5).normal(size=(6, 1, 5, 64, 64)).astype(np.float32)
+  (tmp_path / "unl").mkdir()
+  for k in range(6):
+    formats.write_unlabelled(tmp_path / "unl" / f"u{k}.npy", images[k])
+  store = stores.open_dataset(str(tmp_path / "unl" / "*.npy"), kind="unlabelled", cache_dir=tmp_path / "c")
+  subset = real.Subset(store, 3, seed=1)
+  chosen = np.sort(np.random.default_rng(1).choice(6, 3, replace=False))
+  np.testing.assert_array_equal(subset.rows, chosen)
+  np.testing.assert_array_equal(subset.index["file"], store.index["file"][chosen])
+  np.testing.assert_array_equal(subset.read(np.arange(3)), images[chosen, 0])

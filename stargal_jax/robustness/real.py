@@ -85,13 +85,18 @@ class Subset:
         np.random.default_rng(seed).choice(len(store), n, replace=False))
     self.rows = order
     self.summary = dict(store.summary, subset=len(order))
-    self.index = {k: np.asarray(v)[order] for k, v in store.index.items()}
+    # A packed store's index is a structured array (objID, label, file, record); a plain store's may be a dict.
+    index = store.index
+    self.index = index[order] if isinstance(index, np.ndarray) else {k: np.asarray(v)[order] for k, v in index.items()}
 
   def __len__(self) -> int:
     return len(self.rows)
 
   def read(self, indices) -> np.ndarray:
     return self.store.read(self.rows[np.asarray(indices)])
+
+  def suspect_rows(self, indices, top: int = 5) -> list[dict]:
+    return self.store.suspect_rows(self.rows[np.asarray(indices)], top)
 
 
 def real_store(config, size: str, log=print):
