@@ -14,4 +14,6 @@ def get_config(arg=None):
       latent_dim=2, channels=(32, 64, 128, 256), activation="relu", norm="none", latent_activation="none"))
   config.vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0))
   config.score = common.score_config("isomap")
-  return common.finish(config, arg)
+  accepted = ("smoke",) + common.ROBUST_ARGUMENTS
+  common.apply_robust_inputs(config, ("vae",), common.robust_pieces(common.parse_arg(arg, accepted)))
+  return common.finish(config, arg, accepted)

@@ -16,4 +16,6 @@ def get_config(arg=None):
   config.vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, dkl=1.0))
   config.vae.loss_options = ml_collections.ConfigDict(dict(dkl=dict(m=1.0, s=0.5)))
   config.score = common.score_config("isomap")
-  return common.finish(config, arg)
+  accepted = ("smoke",) + common.ROBUST_ARGUMENTS
+  common.apply_robust_inputs(config, ("ae",), common.robust_pieces(common.parse_arg(arg, accepted)))
+  return common.finish(config, arg, accepted)

@@ -14,7 +14,9 @@ def data_config() -> ml_collections.ConfigDict:
   data.star_fraction = 0.3  # Prior fraction of point-like objects (stars + QSOs): places the threshold.
   data.nan_policy = "zero"  # Non-finite pixels: zero | drop | raise.
   data.skip_bad_files = False  # Skip (count and list) malformed files instead of stopping.
-  data.normalization = "asinh"  # asinh | zscore; statistics fitted on the training (unlabelled) set.
+  data.normalization = "asinh"  # asinh | asinh_shape | zscore; statistics fitted on the training set.
+  # Train on the labelled set's images too (never its labels): more unlabelled data, the same objects scored.
+  data.train_on_labelled_images = False
   data.normalizer_sample = 2000  # Images used to fit the normalisation statistics.
   data.cache_dir = ""  # "" = $STARGAL_CACHE or ~/.cache/stargal_jax.
   # Size of the embedded simulated data set, generated on first use and reused afterwards.
@@ -41,6 +43,7 @@ def train_config(steps: int, batch_size: int = 128, learning_rate: float = 1e-3)
   train.grad_clip = 10.0
   train.checkpoint_every = 200
   train.log_every = 50
+  train.augment = "none"  # none | dihedral (a random symmetry of the square per image and step)
   return train
 
 
@@ -95,6 +98,45 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+# The shared fix for latents that keep the morphology (README "What changed and why"), one piece each, so every
+# design of the V+M family and the hierarchical ones uses the same ones, and each can be dropped to measure it:
+#   shape:    inputs normalised per object (data/normalize.py `asinh_shape`): shape separated from flux;
+#   window:   the reconstruction weighted towards the central object (losses `recon_window`, sigma 10 px);
+#   dihedral: each training image under a random symmetry of the square (no capacity spent on orientation);
+#   labelled: the labelled set's images are trained on too (never its labels).
+ROBUST_PIECES = ("shape", "window", "dihedral", "labelled")
+WINDOW_SIGMA_PX = 10.0
+# Config arguments of the designs that take the fix: `study` = as the study (and main before it) had it,
+# `no_<piece>` = the fix without that piece.
+ROBUST_ARGUMENTS = ("study",) + tuple(f"no_{piece}" for piece in ROBUST_PIECES)
+
+
+def robust_pieces(args: set[str]) -> tuple[str, ...]:
+  """The pieces of the fix a config's arguments ask for: all but the `no_<piece>` ones; none for `study`."""
+  if "study" in args:
+    return ()
+  return tuple(piece for piece in ROBUST_PIECES if f"no_{piece}" not in args)
+
+
+def apply_robust_inputs(config: ml_collections.ConfigDict, image_stages: tuple[str, ...],
+                        pieces: tuple[str, ...] = ROBUST_PIECES) -> ml_collections.ConfigDict:
+  """Applies the pieces of the fix to `config` (its image stages: those trained on pixels, e.g. ('ae',))."""
+  if "shape" in pieces:
+    config.data.normalization = "asinh_shape"
+  if "labelled" in pieces:
+    config.data.train_on_labelled_images = True
+  for name in image_stages:
+    stage = config[name]
+    if "window" in pieces:
+      weight = stage.loss.get("recon_mse", 1.0)
+      loss = {k: v for k, v in stage.loss.to_dict().items() if k != "recon_mse"}
+      stage.loss = ml_collections.ConfigDict(dict(recon_window=weight, **loss))
+      stage.loss_options.recon_window = ml_collections.ConfigDict(dict(sigma_px=WINDOW_SIGMA_PX))
+    if "dihedral" in pieces:
+      stage.train.augment = "dihedral"
+  return config
+
+
 def parse_arg(arg: str | None, accepted: tuple[str, ...]) -> set[str]:
   """`configs/x.py:smoke,star` -> {'smoke', 'star'}; a word the config does not accept fails, listing them
   (a typo such as `:smok` would otherwise run the full-size job)."""
@@ -130,13 +172,16 @@ def dense_vae_config(steps: int, latent_dim: int = 2, eps_scale: float = 0.1) ->
 
 def vae_penalty_config(arg: str | None, accepted: tuple[str, ...], term: str, options: dict,
                        mu_activation: str = "none"):
-  """Vr(X)+M: the conv VAE with a revised latent penalty in place of the KL, then manifold learning."""
+  """Vr(X)+M: the conv VAE with a revised latent penalty in place of the KL, then manifold learning; the shared
+  fix on its inputs and reconstruction (`apply_robust_inputs`) unless `:study`."""
+  accepted = tuple(accepted) + tuple(a for a in ROBUST_ARGUMENTS if a not in accepted)
   config = base_config()
   config.pipeline = "vae_manifold"
   config.vae = conv_vae_config(steps=1200, mu_activation=mu_activation)
   config.vae.loss = ml_collections.ConfigDict({"recon_mse": 1.0, term: 1.0})
   config.vae.loss_options = ml_collections.ConfigDict({term: options} if options else {})
   config.score = score_config("isomap")
+  apply_robust_inputs(config, ("vae",), robust_pieces(parse_arg(arg, accepted)))
   return finish(config, arg, accepted)
 
 

@@ -18,7 +18,7 @@ import ml_collections
 from configs import common
 
 
-ARGUMENTS = ("smoke", "unit0", "gmm")
+ARGUMENTS = ("smoke", "unit0", "gmm") + common.ROBUST_ARGUMENTS
 
 
 def get_config(arg=None):
@@ -30,6 +30,7 @@ def get_config(arg=None):
   config.vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, kl=0.2))
   config.vae.loss_options = ml_collections.ConfigDict(dict(kl=dict(units=(0,))))
   args = common.parse_arg(arg, ARGUMENTS)
+  common.apply_robust_inputs(config, ("ae",), common.robust_pieces(args))
   if "unit0" in args:
     config.score = common.score_config("latent_unit", unit=0)
   elif "gmm" in args:

@@ -6,7 +6,7 @@ Study: AUC 0.92 (best of unstable repeats).
 from configs import common
 
 
-ARGUMENTS = ("smoke", "star")
+ARGUMENTS = ("smoke", "star") + common.ROBUST_ARGUMENTS
 
 
 def get_config(arg=None):

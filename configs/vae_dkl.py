@@ -7,7 +7,7 @@ Study: AUC 0.91 (with its wrong approximate formula; `:authors` selects that for
 from configs import common
 
 
-ARGUMENTS = ("smoke", "authors")
+ARGUMENTS = ("smoke", "authors") + common.ROBUST_ARGUMENTS
 
 
 def get_config(arg=None):

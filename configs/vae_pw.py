@@ -5,7 +5,7 @@ the sorted 1-D W2 between batch samples and prior samples (sliced-Wasserstein AE
 from configs import common
 
 
-ARGUMENTS = ("smoke", "star")
+ARGUMENTS = ("smoke", "star") + common.ROBUST_ARGUMENTS
 
 
 def get_config(arg=None):

@@ -6,7 +6,7 @@ gradient penalty (WAE-GAN, `:adversarial`). Principled alternatives the project 
 from configs import common
 
 
-ARGUMENTS = ("smoke", "adversarial")
+ARGUMENTS = ("smoke", "adversarial") + common.ROBUST_ARGUMENTS
 
 
 def get_config(arg=None):

@@ -169,6 +169,7 @@ def _data_rules() -> dict[str, Rule]:
       "data.star_fraction": number(0, 1, low_open=True, high_open=True),
       "data.nan_policy": choice(formats.NAN_POLICIES, "nan policy"),
       "data.skip_bad_files": boolean,
+      "data.train_on_labelled_images": boolean,
       "data.normalization": choice(normalize.NORMALIZERS, "normalization"),
       "data.normalizer_sample": integer(1),
       "data.default_n_labelled": integer(1),
@@ -184,7 +185,7 @@ def _data_rules() -> dict[str, Rule]:
 
 
 def _stage_rules() -> dict[str, Rule]:
-  from stargal_jax import losses, models
+  from stargal_jax import inputs, losses, models
   return {
       "*.model": choice(models.MODELS, "model"),
       "*.model_kwargs.latent_dim": integer(1),
@@ -198,6 +199,7 @@ def _stage_rules() -> dict[str, Rule]:
       "*.loss_options.*.m": number(0),
       "*.loss_options.*.s": number(0, low_open=True),
       "*.loss_options.*.sigma": number(0, low_open=True),
+      "*.loss_options.*.sigma_px": number(0, low_open=True),
       "*.loss_options.*.order": integer(1),
       "*.loss_options.*.prior": choice(losses.PRIORS, "prior"),
       "*.loss_options.*.scales": each(number(0, low_open=True)),
@@ -208,6 +210,7 @@ def _stage_rules() -> dict[str, Rule]:
       "*.train.grad_clip": number(0, low_open=True),
       "*.train.checkpoint_every": integer(1),
       "*.train.log_every": integer(1),
+      "*.train.augment": choice(inputs.AUGMENTATIONS, "augmentation"),
       "eval.eval_batch_size": integer(1),
       "eval.supervised_ceiling": boolean,
       "eval.plots": boolean,

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from stargal_jax import default_data, paths
+from stargal_jax import default_data, paths, registry
 from stargal_jax.simulate import SimParams
 from stargal_jax.data import formats
 from stargal_jax.data import normalize as normalization
@@ -25,7 +25,7 @@ from stargal_jax.data import store as stores
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-  unlabelled: Any  # stores.Store: trained on, without labels.
+  unlabelled: Any  # stores.Store (or TrainingImages): trained on, without labels.
   labelled: Any  # stores.Store: scored; labels used only for evaluation.
   normalizer: dict
   truth: dict[str, np.ndarray] | None  # Simulator truth aligned row by row with `labelled`, when known.
@@ -86,10 +86,54 @@ def open_stores(data_config) -> Stores:
 def load_inputs(data_config, seed: int = 0) -> Inputs:
   """`open_stores`, the normalisation fitted on the unlabelled set, and the simulator's truth when known."""
   opened = open_stores(data_config)
-  normalizer = normalization.fit_normalizer(opened.unlabelled, data_config.normalization,
+  unlabelled = opened.unlabelled
+  if data_config.get("train_on_labelled_images", False):
+    unlabelled = TrainingImages((opened.unlabelled, opened.labelled))
+  normalizer = normalization.fit_normalizer(unlabelled, data_config.normalization,
                                             max_images=data_config.normalizer_sample, seed=seed)
   truth = _aligned_truth(opened.truth_path, opened.labelled) if opened.truth_path else None
-  return Inputs(opened.unlabelled, opened.labelled, normalizer, truth, opened.source)
+  return Inputs(unlabelled, opened.labelled, normalizer, truth, opened.source)
+
+
+class TrainingImages:
+  """Several stores' images as one training set, without their labels (the store interface: `len`, `read`,
+  `summary`, an index of objID and label -1). The labelled images may be trained on; their classes may not."""
+
+  def __init__(self, parts):
+    self.parts = tuple(parts)
+    self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+    self.summary = {"parts": [p.summary for p in self.parts], "n_objects": int(self.offsets[-1]),
+                    "note": "training images of all parts; no labels"}
+    self.index = {"objID": np.concatenate([np.asarray(p.index["objID"]) for p in self.parts]),
+                  "label": np.full(int(self.offsets[-1]), -1, dtype=np.int64)}
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def read(self, indices) -> np.ndarray:
+    indices = np.asarray(indices, dtype=np.int64)
+    part = np.searchsorted(self.offsets, indices, side="right") - 1
+    out = None
+    for k, store in enumerate(self.parts):
+      chosen = np.flatnonzero(part == k)
+      if chosen.size == 0:
+        continue
+      images = store.read(indices[chosen] - self.offsets[k])
+      if out is None:
+        out = np.empty((len(indices),) + images.shape[1:], dtype=images.dtype)
+      out[chosen] = images
+    if out is None:
+      raise ValueError("no indices to read")
+    return out
+
+  def suspect_rows(self, indices, top: int = 5) -> list[dict]:
+    """`Store.suspect_rows` over the parts: each part's candidates, the worst `top` of all (same ordering)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    part = np.searchsorted(self.offsets, indices, side="right") - 1
+    rows = [row for k, store in enumerate(self.parts) if np.any(part == k)
+            for row in store.suspect_rows(indices[part == k] - self.offsets[k], top)]
+    rows.sort(key=lambda row: (-row["nonfinite_pixels"], -row["max_abs_pixel"]))
+    return rows[:max(int(top), 0)]
 
 
 def _aligned_truth(truth_path: Path, labelled) -> dict[str, np.ndarray]:
@@ -122,6 +166,20 @@ class StoreImages:
     return stores.describe_rows(self.store.suspect_rows(indices))
 
 
+def dihedral(images: np.ndarray, transforms: np.ndarray) -> np.ndarray:
+  """NHWC images each mapped by one of the 8 symmetries of the square: transform t = 4 f + k is k quarter turns,
+  then a left-right flip if f = 1. A cutout's object is centred, so the class does not change."""
+  out = np.empty_like(images)
+  for t in np.unique(transforms):
+    chosen = transforms == t
+    turned = np.rot90(images[chosen], k=int(t) % 4, axes=(1, 2))
+    out[chosen] = turned[:, :, ::-1] if t >= 4 else turned
+  return out
+
+
+AUGMENTATIONS = ("none", "dihedral")
+
+
 def model_images(store, normalizer: dict) -> StoreImages:
   """`fetch(indices)` -> normalised NHWC float32 images, the models' input (see `StoreImages`)."""
   return StoreImages(store, normalizer)
@@ -131,13 +189,17 @@ class BatchSchedule:
   """`batch_for_step(step)`: a pure function of the step (deterministic shuffling per epoch from the seed).
 
   `indices(step)` are the rows of step `step`'s batch; `describe(step)` names its suspect inputs when `fetch`
-  can (a `StoreImages`), else None."""
+  can (a `StoreImages`), else None. `augment='dihedral'`: each image of a step's batch mapped by a random
+  symmetry of the square (`dihedral`, drawn from (seed, step)), so a model does not spend latent capacity on
+  orientation."""
 
-  def __init__(self, n: int, batch_size: int, seed: int, fetch: Callable[[np.ndarray], np.ndarray]):
+  def __init__(self, n: int, batch_size: int, seed: int, fetch: Callable[[np.ndarray], np.ndarray],
+               augment: str = "none"):
+    registry.check_choice(augment, AUGMENTATIONS, "augment")
     self.steps_per_epoch = n // batch_size
     if self.steps_per_epoch == 0:
       raise ValueError(f"Batch size {batch_size} is larger than the training set ({n} objects).")
-    self.n, self.batch_size, self.seed, self.fetch = n, batch_size, seed, fetch
+    self.n, self.batch_size, self.seed, self.fetch, self.augment = n, batch_size, seed, fetch, augment
     self._epoch_order: dict[int, np.ndarray] = {}  # the current epoch's permutation only
 
   def indices(self, step: int) -> np.ndarray:
@@ -147,16 +209,20 @@ class BatchSchedule:
     return np.sort(self._epoch_order[epoch][position * self.batch_size:(position + 1) * self.batch_size])
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    return {"x": self.fetch(self.indices(step))}
+    x = self.fetch(self.indices(step))
+    if self.augment == "dihedral":
+      x = dihedral(x, np.random.default_rng([self.seed, step, 1]).integers(0, 8, len(x)))
+    return {"x": x}
 
   def describe(self, step: int) -> str | None:
     describe_rows = getattr(self.fetch, "describe", None)
     return describe_rows(self.indices(step)) if describe_rows is not None else None
 
 
-def batch_schedule(n: int, batch_size: int, seed: int, fetch: Callable[[np.ndarray], np.ndarray]) -> BatchSchedule:
+def batch_schedule(n: int, batch_size: int, seed: int, fetch: Callable[[np.ndarray], np.ndarray],
+                   augment: str = "none") -> BatchSchedule:
   """`batch_for_step(step)`, a pure function of the step (see `BatchSchedule`)."""
-  return BatchSchedule(n, batch_size, seed, fetch)
+  return BatchSchedule(n, batch_size, seed, fetch, augment)
 
 
 def describe(inputs: Inputs) -> dict:

@@ -38,7 +38,8 @@ def train_stage(stage_config, fetch: Fetch, n: int, key: jax.Array, workdir: Pat
   init_key, data_key, step_key = jax.random.split(key, 3)
   model = build_model(stage_config, init_key)
   data_seed = int(jax.random.randint(data_key, (), 0, 2**31 - 1))
-  batch_for_step = inputs_lib.batch_schedule(n, stage_config.train.batch_size, data_seed, fetch)
+  batch_for_step = inputs_lib.batch_schedule(n, stage_config.train.batch_size, data_seed, fetch,
+                                             augment=stage_config.train.get("augment", "none"))
   result = train.train(model, stage_config.train, *_loss_settings(stage_config), batch_for_step, step_key,
                        Path(workdir) / "checkpoints" / name, name, transform_outputs=transform_outputs)
   curves.record_stage(workdir, name, result.history)  # WORKDIR/tensorboard/<name>/
@@ -50,7 +51,8 @@ def train_stage_seeds(stage_config, fetch: Fetch, n: int, keys: jax.Array, workd
   """S seeds of one stage as one compiled program (vmapped step, seed axis sharded over the devices); each
   seed has its own initialisation, data order and noise."""
   data_seeds = [int(jax.random.randint(jax.random.fold_in(k, 1), (), 0, 2**31 - 1)) for k in keys]
-  schedules = [inputs_lib.batch_schedule(n, stage_config.train.batch_size, s, fetch) for s in data_seeds]
+  schedules = [inputs_lib.batch_schedule(n, stage_config.train.batch_size, s, fetch,
+                                         augment=stage_config.train.get("augment", "none")) for s in data_seeds]
   batch_for_step = lambda step: {"x": np.stack([schedule(step)["x"] for schedule in schedules])}
   result = train.train_seeds(lambda k: build_model(stage_config, k), keys, stage_config.train,
                              *_loss_settings(stage_config), batch_for_step, Path(workdir) / "checkpoints" / name, name)

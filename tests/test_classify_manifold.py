@@ -193,3 +193,35 @@ def test_isomap_falls_back_to_the_dense_eigensolver_when_arpack_fails(monkeypatc
     score = manifold.embed_1d(points, "isomap")
   assert solvers == ["auto", "dense"]
   assert abs(spearmanr(score, expected).statistic) > 0.999 and best_sign_auc(group, score) > 0.95
+
+
+def test_ceiling_models_are_cross_validated_by_hand():
+  from sklearn.ensemble import HistGradientBoostingClassifier
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.metrics import roc_auc_score
+  from sklearn.model_selection import StratifiedKFold
+  from sklearn.preprocessing import StandardScaler
+
+  rng = np.random.default_rng(6)
+  n = 300
+  galaxy = rng.random(n) < 0.6
+  features = np.c_[rng.normal(size=n) + galaxy, rng.normal(size=n) * (1 + galaxy)]  # one linear, one not
+  r_mag = rng.uniform(17, 23, n)
+  for model in ("logistic", "boosting"):
+    got = manifold.supervised_ceiling(features, galaxy, seed=2, model=model, r_mag=r_mag, mag_bins=(19.0, 21.0))
+    probability = np.zeros(n)
+    for train, test in StratifiedKFold(5, shuffle=True, random_state=2).split(features, galaxy):
+      if model == "logistic":
+        scaler = StandardScaler().fit(features[train])
+        fit = LogisticRegression(max_iter=1000).fit(scaler.transform(features[train]), galaxy[train])
+        probability[test] = fit.predict_proba(scaler.transform(features[test]))[:, 1]
+      else:
+        fit = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, early_stopping=True,
+                                             validation_fraction=0.15, random_state=2).fit(features[train],
+                                                                                         galaxy[train])
+        probability[test] = fit.predict_proba(features[test])[:, 1]
+    assert got["auc"] == pytest.approx(roc_auc_score(galaxy, probability), abs=1e-9)
+    faint = r_mag >= 21
+    assert got["by_mag"][2]["auc"] == pytest.approx(roc_auc_score(galaxy[faint], probability[faint]), abs=1e-9)
+  with pytest.raises(KeyError, match="logistic"):
+    manifold.supervised_ceiling(features, galaxy, model="svm")

@@ -54,11 +54,11 @@ def test_orientation_and_prior_threshold_by_hand():
   np.testing.assert_array_equal(same["pred"], out["pred"])
 
 
-def test_image_measurements_chunked_equal_the_whole_set():
-  rng = np.random.default_rng(2)
-  images = rng.normal(0.0, 0.05, (20, 5, 64, 64)).astype(np.float32)
+def _measurement_source(n=20, seed=2):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(0.0, 0.05, (n, 5, 64, 64)).astype(np.float32)
   yy, xx = np.mgrid[:64, :64]
-  images[:, :, :, :] += (np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / (2 * rng.uniform(1, 4, 20) ** 2)[:, None, None])
+  images[:, :, :, :] += (np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / (2 * rng.uniform(1, 4, n) ** 2)[:, None, None])
                          )[:, None].astype(np.float32)
 
   class Source:  # the store interface: len and read(indices)
@@ -68,10 +68,52 @@ def test_image_measurements_chunked_equal_the_whole_set():
     def read(self, idx):
       return images[idx]
 
-  got = scoring.image_measurements(Source(), chunk=10)
-  np.testing.assert_allclose(got["r_mag"], morphology.r_magnitude(images))  # per object: chunks change nothing
-  # extendedness estimates its PSF from the images of a chunk: one chunk of the whole set here.
-  whole = scoring.image_measurements(Source(), chunk=20)
-  np.testing.assert_allclose(whole["extendedness"], morphology.extendedness(images))
-  for name, values in morphology.classical_baseline_scores(images).items():
-    np.testing.assert_allclose(whole[f"baseline_{name}"], values)
+  return images, Source()
+
+
+def test_image_measurements_estimate_the_psf_once_per_set():
+  """The PSF, the stellar locus and the median fill are the set's: any chunking gives the same numbers, equal to
+  the morphology functions called once on the whole set with that PSF."""
+  images, source = _measurement_source()
+  psf = scoring.estimate_set_psf(source)
+  # The matched-filter width and aperture correction: morphology's own estimate on the whole set (the bright
+  # subset is chosen by the same rule over the set, here read in chunks).
+  direct = morphology.estimate_psf(images)
+  assert psf.fwhm_px == pytest.approx(direct.fwhm_px) and psf.aperture_correction_mag == pytest.approx(
+      direct.aperture_correction_mag)
+  chunked = scoring.image_measurements(source, chunk=7, psf=psf)
+  whole = scoring.image_measurements(source, chunk=20, psf=psf)
+  for key in whole:
+    np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-6, atol=1e-9, err_msg=key)
+  np.testing.assert_allclose(whole["r_mag"], morphology.r_magnitude(images))
+  np.testing.assert_allclose(whole["extendedness"], morphology.extendedness(images, psf.fwhm_px,
+                                                                            psf.aperture_correction_mag))
+  reference = morphology.classical_baseline_scores(images, psf.fwhm_px, psf.aperture_correction_mag, psf=psf.mixture)
+  for name, values in reference.items():
+    np.testing.assert_allclose(whole[f"baseline_{name}"], values, rtol=1e-6, atol=1e-9, err_msg=name)
+  estimated = scoring.image_measurements(source, chunk=7)  # the PSF estimated inside, once
+  np.testing.assert_allclose(estimated["baseline_sdss_psf_minus_cmodel"], whole["baseline_sdss_psf_minus_cmodel"])
+
+
+def test_bright_subset_is_the_brightest_fraction_thinned():
+  images, source = _measurement_source(n=40, seed=3)
+  flux = morphology.aperture_flux(images, 5.0)
+  chosen = scoring.bright_subset(source, chunk=9, bright_fraction=0.5, max_objects=10)
+  brightest = np.argsort(-flux, kind="stable")[:20]
+  assert len(chosen) == 10 and set(chosen) <= set(brightest)
+  assert brightest[0] in chosen and brightest[-1] in chosen  # thinned evenly: both ends kept
+
+
+def test_measurements_of_a_packed_store_are_cached_beside_it(tmp_path):
+  from stargal_jax.data import formats, store as stores
+  images, source = _measurement_source(n=12, seed=4)
+  formats.write_unlabelled(tmp_path / "a.npy", images)
+  packed = stores.open_dataset(str(tmp_path / "a.npy"), kind="unlabelled", cache_dir=tmp_path / "cache")
+  first = scoring.image_measurements(packed)
+  cached = list(packed.root.glob(f"measurements-v{scoring.MEASUREMENTS_VERSION}-all.npz"))
+  assert len(cached) == 1
+  again = scoring.image_measurements(packed)
+  direct = scoring.image_measurements(source)  # not a packed store: measured, nothing cached
+  for key in first:
+    np.testing.assert_array_equal(again[key], first[key])
+    np.testing.assert_allclose(direct[key], first[key], rtol=1e-6, atol=1e-9)

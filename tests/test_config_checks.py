@@ -44,7 +44,7 @@ def test_a_stage_is_traced_through_the_model_and_loss_registries():
   config.vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, kl=0.0))
   config.vae.loss_options = ml_collections.ConfigDict(dict(kl=dict(units=(0,))))
   cc.check_stage(config, "vae")  # a weight-0 term with options is fine: it can be switched on from the command line
-  ae = load_config("ae_manifold")
+  ae = load_config("ae_manifold", "smoke,study")  # the study's loss options: no recon_window options left unweighted
   ae.vae.loss = ml_collections.ConfigDict(dict(recon_mse=1.0, kl=1.0))  # a KL on an AE, which has no `mu`
   with pytest.raises(cc.ConfigError, match=r"config.vae \(model 'conv_ae'\): loss term 'kl' needs outputs\['mu'\]"):
     cc.check_stage(ae, "vae")

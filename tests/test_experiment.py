@@ -200,7 +200,7 @@ BAD_SETTINGS = [
     ("eval.eval_batch_size", 0, "eval.eval_batch_size"),
     ("data.mag_bins", (21.0, 19.0), "data.mag_bins"),
     ("score.method", "bogus", "score method 'bogus'; valid: ["),
-    ("data.normalization", "bogus", "'bogus'; valid: ['asinh', 'zscore']"),
+    ("data.normalization", "bogus", "'bogus'; valid: ['asinh', 'asinh_shape', 'zscore']"),
     ("data.nan_policy", "bogus", "'bogus'; valid: ['drop', 'raise', 'zero']"),
     ("seed_scope", "bogus", "seed_scope 'bogus'; valid: ['all', 'stage2']"),
     ("vae.model", "bogus", "model 'bogus'; valid: ["),

@@ -137,3 +137,65 @@ def test_a_batch_names_its_suspect_rows_by_file_and_record(tmp_path):
   first = text.split(";")[0]
   assert f"u{worst}.npy, record 0" in first and len(text.split(";")) == 4
   assert inputs_lib.batch_schedule(10, 4, 7, lambda idx: idx).describe(step) is None
+
+
+def test_dihedral_is_the_eight_symmetries_of_the_square():
+  rng = np.random.default_rng(1)
+  image = rng.normal(size=(1, 6, 6, 2))
+  out = inputs_lib.dihedral(np.repeat(image, 8, axis=0), np.arange(8))
+  # Direct: explicit index maps of the square's symmetries on an (H, W) grid.
+  i, j = np.indices((6, 6))
+  n = 5
+  maps = [(i, j), (j, n - i), (n - i, n - j), (n - j, i)]  # 0, 1, 2, 3 quarter turns (np.rot90's direction)
+  for t in range(8):
+    rows, cols = maps[t % 4]
+    expected = image[0][rows, cols]
+    if t >= 4:
+      expected = expected[:, ::-1]
+    np.testing.assert_array_equal(out[t], expected)
+  assert len({out[t].tobytes() for t in range(8)}) == 8  # an asymmetric image: eight distinct images
+
+
+def test_batch_schedule_augmentation_is_pure_and_varies():
+  images = np.random.default_rng(2).normal(size=(40, 4, 4, 1)).astype(np.float32)
+  fetch = lambda idx: images[idx]
+  a = inputs_lib.batch_schedule(40, 8, seed=3, fetch=fetch, augment="dihedral")
+  b = inputs_lib.batch_schedule(40, 8, seed=3, fetch=fetch, augment="dihedral")
+  plain = inputs_lib.batch_schedule(40, 8, seed=3, fetch=fetch)
+  for step in (3, 0, 11):
+    np.testing.assert_array_equal(a(step)["x"], b(step)["x"])
+  assert not np.array_equal(a(0)["x"], plain(0)["x"])
+  # every augmented image is a symmetry of its plain twin
+  for got, raw in zip(a(0)["x"], plain(0)["x"]):
+    assert any(np.array_equal(got, inputs_lib.dihedral(raw[None], np.array([t]))[0]) for t in range(8))
+  with pytest.raises(ValueError, match="dihedral"):
+    inputs_lib.batch_schedule(40, 8, 0, fetch, augment="rotate")
+
+
+def test_training_images_join_stores_without_labels(tmp_path):
+  images = _write_study_files(tmp_path, np.random.default_rng(3))
+  data = ml_collections.ConfigDict(dict(
+      labelled=str(tmp_path / "lab"), unlabelled=str(tmp_path / "unl"), cache_dir=str(tmp_path / "c"),
+      nan_policy="zero", skip_bad_files=False, normalization="zscore", normalizer_sample=30,
+      train_on_labelled_images=True))
+  inputs = inputs_lib.load_inputs(data)
+  assert len(inputs.unlabelled) == 22 and len(inputs.labelled) == 12
+  assert np.all(inputs.unlabelled.index["label"] == -1)
+  both = np.concatenate([images[:10], images])  # unlabelled u0..u9, then the labelled set in store order
+  pick = np.array([21, 0, 10, 9, 15])
+  np.testing.assert_array_equal(inputs.unlabelled.read(pick), both[pick])
+
+
+def test_training_images_name_suspect_rows_across_parts(tmp_path):
+  """A batch over the joined stores names its worst rows by their own part's file, as Store.suspect_rows does:
+  the largest |pixel| of the batch found by hand over both parts."""
+  images = _write_study_files(tmp_path, np.random.default_rng(4))
+  inputs = inputs_lib.load_inputs(_data_config(tmp_path, train_on_labelled_images=True))
+  pick = np.array([2, 11, 15, 20])
+  both = np.concatenate([images[:10], images])  # unlabelled u0..u9, then the labelled set in store order
+  rows = inputs.unlabelled.suspect_rows(pick, top=2)
+  by_hand = np.sort(np.abs(both[pick]).reshape(len(pick), -1).max(axis=1))[::-1][:2]
+  np.testing.assert_allclose([r["max_abs_pixel"] for r in rows], by_hand, rtol=1e-6)
+  schedule = inputs_lib.batch_schedule(len(inputs.unlabelled), 4, 7,
+                                       inputs_lib.model_images(inputs.unlabelled, inputs.normalizer))
+  assert len(schedule.describe(0).split(";")) == 4

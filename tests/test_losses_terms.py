@@ -200,3 +200,21 @@ def test_bimodal_kl_gradients_stay_finite_for_collapsed_or_huge_sigma(kl_fn):
   assert np.all(np.isfinite(grad_mu)) and np.all(np.isfinite(grad_log_sigma))
   # Far below sigma = 1e-9 the KL is -log sigma + const: d/d(log sigma) = -1.
   np.testing.assert_allclose(grad_log_sigma[:5], -1.0, atol=1e-5)
+
+
+def test_recon_window_matches_numpy():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(3, 16, 12, 2)).astype(np.float32)
+  recon = rng.normal(size=x.shape).astype(np.float32)
+  yy, xx = np.mgrid[:16, :12]
+  weight = np.exp(-((yy - 8) ** 2 + (xx - 6) ** 2) / (2 * 3.0 ** 2))
+  weight /= weight.mean()
+  expected = np.mean(np.sum((recon - x) ** 2 * weight[None, :, :, None], axis=(1, 2, 3)))
+  got = losses.recon_window({"recon": jnp.asarray(recon)}, {"x": jnp.asarray(x)}, {}, sigma_px=3.0)
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+  # a flat error costs what recon_mse charges (mean weight 1)
+  flat = {"recon": jnp.asarray(x + 0.5)}
+  assert float(losses.recon_window(flat, {"x": jnp.asarray(x)}, {}, sigma_px=3.0)) == pytest.approx(
+      float(losses.recon_mse(flat, {"x": jnp.asarray(x)}, {})), rel=1e-5)
+  with pytest.raises(ValueError, match="recon_window needs images"):
+    losses.recon_window({"recon": jnp.zeros((2, 30))}, {"x": jnp.zeros((2, 30))}, {})

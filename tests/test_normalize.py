@@ -103,10 +103,57 @@ def test_save_load_round_trip_and_validation(tmp_path):
 
 def test_unknown_method_lists_valid_names_and_constant_band_fails():
   images = _heavy_tailed_images()
-  with pytest.raises(ValueError, match=r"\['asinh', 'zscore'\]"):
+  with pytest.raises(ValueError, match=r"\['asinh', 'asinh_shape', 'zscore'\]"):
     normalize.fit_normalizer(images, "minmax")
   images[:, 3] = 0.0
   with pytest.raises(ValueError, match="band i"):
     normalize.fit_normalizer(images, "zscore")
   with pytest.raises(ValueError, match="expected images"):
     normalize.normalize(normalize.fit_normalizer(_heavy_tailed_images(), "zscore"), np.zeros((2, 4, 8, 8)))
+
+
+def _objects_of_many_fluxes(n=30, seed=4):
+  """Sky noise plus a centred Gaussian object per cutout, fluxes spread over four decades."""
+  rng = np.random.default_rng(seed)
+  images = rng.normal(0.0, 0.02, (n, 5, 32, 32))
+  yy, xx = np.mgrid[:32, :32]
+  profile = np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / (2 * 1.5 ** 2))
+  flux = 10 ** rng.uniform(-1, 3, n)
+  colours = rng.uniform(0.5, 2.0, (n, 5))
+  images += (flux[:, None] * colours)[:, :, None, None] * profile / profile.sum()
+  return images.astype(np.float32)
+
+
+def test_asinh_shape_matches_the_direct_formula():
+  images = _objects_of_many_fluxes()
+  params = normalize.fit_normalizer(images, "asinh_shape")
+  x = images.astype(np.float64)
+  inside = np.hypot(*(np.mgrid[:32, :32] - 16)) <= normalize.SHAPE_FLUX_RADIUS_PX
+  noise = [1.4826 * scipy.stats.median_abs_deviation(x[:, b].ravel()) for b in range(5)]
+  floor = 3.0 * noise[2] * np.sqrt(inside.sum())
+  flux = np.maximum((x[:, 2] * inside).sum(axis=(1, 2)), floor)
+  assert params["flux_floor"][0] == pytest.approx(floor, rel=1e-9)
+  for b in range(5):
+    softening = np.median(noise[b] / flux)
+    assert params["softening"][b] == pytest.approx(softening, rel=1e-9)
+    y = np.arcsinh(x[:, b] / flux[:, None, None] / (2 * softening))
+    assert params["center"][b] == pytest.approx(np.median(y), rel=1e-9, abs=1e-12)
+    assert params["scale"][b] == pytest.approx(1.4826 * scipy.stats.median_abs_deviation(y.ravel()), rel=1e-9)
+    expected = (y - params["center"][b]) / params["scale"][b]
+    np.testing.assert_allclose(normalize.normalize(params, images)[:, b], expected, rtol=2e-4, atol=2e-4)
+  # jax under jit agrees with numpy
+  out = jax.jit(lambda z: normalize.normalize(params, z))(jnp.asarray(images))
+  np.testing.assert_allclose(np.asarray(out), normalize.normalize(params, images), rtol=1e-5, atol=1e-5)
+
+
+def test_asinh_shape_separates_shape_from_flux():
+  """The same object at 100 times the flux and without noise normalises to the same image."""
+  images = _objects_of_many_fluxes()
+  params = normalize.fit_normalizer(images, "asinh_shape")
+  yy, xx = np.mgrid[:32, :32]
+  shape = np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / 8.0)[None, None] * np.ones((1, 5, 1, 1))
+  faint, bright = (shape * 5.0).astype(np.float32), (shape * 500.0).astype(np.float32)
+  np.testing.assert_allclose(normalize.normalize(params, faint), normalize.normalize(params, bright), rtol=1e-5,
+                             atol=1e-6)
+  zscored = normalize.fit_normalizer(images, "asinh")
+  assert not np.allclose(normalize.normalize(zscored, faint), normalize.normalize(zscored, bright))

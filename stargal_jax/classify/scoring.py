@@ -10,33 +10,132 @@ extendedness measured on the images (`metrics.orient_score`), and point-like obj
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from stargal_jax import BANDS, metrics, morphology, registry
+from stargal_jax import BANDS, metrics, morphology, photometry, registry
 from stargal_jax.classify import manifold
 
 ScoreMethod = Callable[[np.ndarray, Any, int, dict], np.ndarray]
 
 
-def image_measurements(store, chunk: int = 2048) -> dict[str, np.ndarray]:
-  """Label-free measurements on the raw images, chunked so that a full-size store is never read into memory at
-  once: `r_mag` and `mag_<band>` (7.4" aperture magnitudes), `extendedness`, the classical baselines' scores
-  (`baseline_<name>`) and the physical indices behind them, NaN where undefined (`index_<name>`, for catalogues)."""
-  parts: dict[str, list[np.ndarray]] = {}
+MEASUREMENTS_VERSION = 2  # bump when a measurement changes: older cached values are then not reused
+PSF_BRIGHT_FRACTION = 0.3  # the PSF comes from the brightest 30% of the set (morphology.estimate_psf's rule)
+PSF_MAX_OBJECTS = 2000  # of which at most this many, evenly spread in brightness: bounded memory
+
+
+class SetPsf(NamedTuple):
+  """The label-free PSF of a whole set (r band), estimated once: a property of the set, not of a chunk."""
+  fwhm_px: float  # Gaussian matched-filter width (morphology.estimate_psf)
+  aperture_correction_mag: float  # stellar locus offset of psf_minus_extended
+  mixture: photometry.GaussianMixture  # the stacked stars' mixture of the model fits (photometry)
+
+
+def _read_chunks(store, chunk: int):
   for start in range(0, len(store), chunk):
-    images = store.read(np.arange(start, min(start + chunk, len(store))))
-    indices = morphology.classical_indices(images)
-    baselines = morphology.baseline_scores_from_indices(indices)
-    # extendedness is the psf_minus_extended baseline (the same function of the same images): not measured twice.
-    values = {"r_mag": morphology.r_magnitude(images), "extendedness": baselines["psf_minus_extended"]}
-    values.update({f"mag_{b}": morphology.r_magnitude(images, band=BANDS.index(b)) for b in BANDS if b != "r"})
-    values.update({f"baseline_{k}": v for k, v in baselines.items()})
-    values.update({f"index_{k}": v for k, v in indices.items()})
-    for k, v in values.items():
-      parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
-  return {k: np.concatenate(v) for k, v in parts.items()}
+    yield start, store.read(np.arange(start, min(start + chunk, len(store))))
+
+
+def bright_subset(store, chunk: int = 2048, bright_fraction: float = PSF_BRIGHT_FRACTION,
+                  max_objects: int = PSF_MAX_OBJECTS) -> np.ndarray:
+  """Sorted indices of the brightest `bright_fraction` of the set by r-band 5 px flux, thinned evenly in
+  brightness order to `max_objects` (the selection `morphology.estimate_psf` makes within the images it gets)."""
+  brightness = np.concatenate([morphology.aperture_flux(images, morphology.CONCENTRATION_RADII_PX[1])
+                               for _, images in _read_chunks(store, chunk)]) if len(store) else np.zeros(0)
+  order = np.argsort(-brightness, kind="stable")
+  n_bright = max(int(round(bright_fraction * len(order))), min(len(order), 20))
+  bright = order[:n_bright]
+  return np.sort(bright[np.linspace(0, len(bright) - 1, min(len(bright), max_objects)).astype(np.int64)])
+
+
+def estimate_set_psf(store, chunk: int = 2048) -> SetPsf:
+  """The set's PSF from its bright objects, read once (at most PSF_MAX_OBJECTS images in memory): the
+  matched-filter width and aperture correction (`morphology.estimate_psf`) and the stacked-star mixture
+  (`photometry.estimate_psf_model`; a Gaussian of the width when too few stars qualify, with a warning)."""
+  bright = np.asarray(store.read(bright_subset(store, chunk)))
+  estimate = morphology.estimate_psf(bright, bright_fraction=1.0, max_objects=len(bright))
+  try:
+    mixture = photometry.estimate_psf_model(bright, morphology.R_BAND, bright_fraction=1.0,
+                                            max_objects=len(bright)).mixture
+  except ValueError as error:
+    warnings.warn(f"{error}; using a Gaussian PSF", stacklevel=2)
+    mixture = photometry.gaussian_psf_mixture(estimate.fwhm_px)
+  return SetPsf(estimate.fwhm_px, estimate.aperture_correction_mag, mixture)
+
+
+def _cache_path(store) -> Path | None:
+  """Where a packed store's measurements are kept: beside its images (the store's own cache folder), per
+  MEASUREMENTS_VERSION and subset of rows; None for sources that are not packed stores."""
+  root, summary = getattr(store, "root", None), getattr(store, "summary", None)
+  if root is None or not isinstance(summary, dict) or "fingerprint" not in summary or not Path(root).is_dir():
+    return None
+  rows = getattr(store, "rows", None)
+  subset = "all" if rows is None else hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:12]
+  return Path(root) / f"measurements-v{MEASUREMENTS_VERSION}-{subset}.npz"
+
+
+def image_measurements(store, chunk: int = 2048, psf: SetPsf | None = None) -> dict[str, np.ndarray]:
+  """Label-free measurements on the raw images (r magnitude, extendedness, classical baseline scores).
+
+  The PSF (`estimate_set_psf`), the stellar locus of psfMag - cModelMag and the median that fills undefined
+  values are properties of the set, estimated once over all of it; the pixels are read `chunk` cutouts at a
+  time, so that a full-size store is never in memory at once. Keys: `r_mag` and `mag_<band>` (7.4" aperture
+  magnitudes), `extendedness` (= baseline_psf_minus_extended), the classical baselines' scores (`baseline_<name>`,
+  as `morphology.classical_baseline_scores`) and the physical indices behind them, NaN where undefined
+  (`index_<name>`, as `morphology.classical_indices`, for catalogues).
+  For a packed store (and the set's own PSF) the result is cached beside the store's images and reused: it
+  depends on the pixels only, and every run on the same data measures the same."""
+  cached = _cache_path(store) if psf is None else None
+  if cached is not None and cached.is_file():
+    with np.load(cached, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  values = _measure(store, chunk, psf if psf is not None else estimate_set_psf(store, chunk))
+  if cached is not None:
+    temporary = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npz")
+    try:
+      np.savez(temporary, **values)
+      temporary.replace(cached)
+    except OSError:  # a read-only cache: measured again next time
+      temporary.unlink(missing_ok=True)
+  return values
+
+
+def _measure(store, chunk: int, psf: SetPsf) -> dict[str, np.ndarray]:
+  raw: dict[str, list[np.ndarray]] = {"r_mag": [], "psf_minus_extended": [], "concentration_index": [],
+                                      **{f"mag_{b}": [] for b in BANDS if b != "r"}}
+  fits: list[photometry.ModelFits] = []
+  for _, images in _read_chunks(store, chunk):
+    raw["r_mag"].append(morphology.r_magnitude(images))
+    for b in BANDS:
+      if b != "r":
+        raw[f"mag_{b}"].append(morphology.r_magnitude(images, band=BANDS.index(b)))
+    raw["psf_minus_extended"].append(morphology.psf_minus_extended(
+        images, morphology.R_BAND, psf.fwhm_px, psf.aperture_correction_mag))
+    raw["concentration_index"].append(morphology.concentration_index(images))
+    fits.append(photometry.fit_models(images, psf.mixture, morphology.R_BAND))
+  values = {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in raw.items()}
+  fitted = photometry.ModelFits(*(np.concatenate(column) if fits else np.zeros(0) for column in zip(*fits)))
+  difference = photometry.psf_minus_cmodel(fitted)
+  # The stellar locus, like the PSF, is a property of the whole set (not of a chunk).
+  with np.errstate(divide="ignore", invalid="ignore"):
+    locus = photometry.stellar_locus(difference, fitted.cmodel_flux / fitted.psf_flux_err)
+  indices = {"concentration_index": values["concentration_index"],
+             "psf_minus_extended": values["psf_minus_extended"],
+             "sdss_psf_minus_cmodel": np.asarray(difference, np.float64),
+             "sdss_psf_minus_cmodel_significance": np.asarray(photometry.psf_cmodel_significance(fitted, *locus),
+                                                              np.float64)}
+  baselines = morphology.baseline_scores_from_indices(indices)
+  # extendedness is the psf_minus_extended baseline (the same function of the same images): not measured twice.
+  out = {"r_mag": values["r_mag"], "extendedness": baselines["psf_minus_extended"]}
+  out.update({f"mag_{b}": values[f"mag_{b}"] for b in BANDS if b != "r"})
+  out.update({f"baseline_{k}": v for k, v in baselines.items()})
+  out.update({f"index_{k}": v for k, v in indices.items()})
+  return out
 
 
 def _latent_unit(latents, score_config, seed, measurements):

@@ -9,6 +9,14 @@ noise) and are fitted once on a sample of training images, then stored with the 
           with the softening b per band = the background noise (1.4826 MAD of the pixels) unless given
           (e.g. SDSS_SOFTENING_NANOMAGGIES); then (y - median(y)) / (1.4826 MAD(y)). Linear for
           noise, logarithmic for objects, so the outputs stay O(1-10).
+  asinh_shape: the shape of each object separated from its flux. Every cutout is divided by its own flux F
+          (r-band flux within SHAPE_FLUX_RADIUS_PX of the centre, floored at SHAPE_FLUX_FLOOR_SIGMA times that
+          aperture's background noise, the same F for all five bands so colours are kept), then
+          y = asinh((x / F) / (2 s)) with one softening s per band in these unit-flux units, the median over the
+          sample of (background noise / F): the noise of a typical object. Standardised as asinh. Why: with
+          the global stretch an object's weight in a pixel loss grows with its brightness, so a faint object's
+          profile (where stars and galaxies differ least) is worth almost nothing to an autoencoder; at unit
+          flux every object's shape counts alike, and the brightness no longer takes up latent units.
 
 `normalize(params, x)` works on numpy and jax.numpy arrays (also under jit) of shape (..., 5, H, W).
 """
@@ -16,6 +24,7 @@ noise) and are fitted once on a sample of training images, then stored with the 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Callable, NamedTuple, Sequence
 
@@ -28,6 +37,9 @@ MAD_TO_SIGMA = 1.4826
 # The SDSS asinh-magnitude softening b (u 1.4e-10 ... z 7.4e-10 maggies) in nanomaggies.
 SDSS_SOFTENING_NANOMAGGIES = (0.14, 0.09, 0.12, 0.18, 0.74)
 PARAMS_VERSION = 1
+SHAPE_FLUX_BAND = 2  # r: the detection band
+SHAPE_FLUX_RADIUS_PX = 6.0  # 2.4": most of a point source's flux in any seeing, little of a neighbour's
+SHAPE_FLUX_FLOOR_SIGMA = 3.0  # F >= 3 sigma of the aperture's noise: no division by noise or negative flux
 
 
 def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
@@ -64,6 +76,38 @@ def _fit_asinh(sample: np.ndarray, softening: Sequence[float] | None = None) -> 
           "scale": _checked_scales([s for _, s in stats], "1.4826 MAD of asinh(x / 2b)")}
 
 
+def _shape_aperture(height: int, width: int) -> np.ndarray:
+  """(H, W) 1 inside SHAPE_FLUX_RADIUS_PX of the centre pixel (H // 2, W // 2), else 0."""
+  y, x = np.indices((height, width), dtype=np.float64)
+  return (np.hypot(y - height // 2, x - width // 2) <= SHAPE_FLUX_RADIUS_PX).astype(np.float64)
+
+
+def object_flux(x, flux_floor: float, xp=np):
+  """(...,) each cutout's flux F of `asinh_shape` (nanomaggies), floored at `flux_floor`."""
+  aperture = xp.asarray(_shape_aperture(*x.shape[-2:]), dtype=x.dtype)
+  flux = xp.sum(x[..., SHAPE_FLUX_BAND, :, :] * aperture, axis=(-2, -1))
+  return xp.maximum(flux, xp.asarray(flux_floor, dtype=x.dtype))
+
+
+def _fit_asinh_shape(sample: np.ndarray) -> dict:
+  sample = sample.astype(np.float64)
+  noise = [robust_center_scale(sample[:, b])[1] for b in range(sample.shape[1])]
+  floor = SHAPE_FLUX_FLOOR_SIGMA * noise[SHAPE_FLUX_BAND] * math.sqrt(_shape_aperture(*sample.shape[-2:]).sum())
+  flux = object_flux(sample, floor)
+  softening = _checked_scales([float(np.median(n / flux)) for n in noise], "the unit-flux softening")
+  shapes = sample / flux[:, None, None, None]
+  stats = [robust_center_scale(np.arcsinh(shapes[:, b] / (2 * s_))) for b, s_ in enumerate(softening)]
+  return {"softening": softening, "flux_floor": [float(floor)] * sample.shape[1], "center": [c for c, _ in stats],
+          "scale": _checked_scales([s for _, s in stats], "1.4826 MAD of asinh(x / F / 2s)")}
+
+
+def _apply_asinh_shape(params: dict, x, xp):
+  n = len(params["center"])
+  flux = object_flux(x, params["flux_floor"][0], xp)[..., None, None, None]
+  y = xp.asinh(x / flux / (2 * _band_constant(xp, params["softening"], x.dtype, n)))
+  return (y - _band_constant(xp, params["center"], x.dtype, n)) / _band_constant(xp, params["scale"], x.dtype, n)
+
+
 def _namespace(x):
   """numpy or jax.numpy, whichever `x` belongs to (jax arrays and tracers name theirs)."""
   return x.__array_namespace__() if hasattr(x, "__array_namespace__") else np
@@ -93,6 +137,7 @@ class Normalizer(NamedTuple):
 NORMALIZERS = {
     "zscore": Normalizer(_fit_zscore, _apply_zscore, ("center", "scale")),
     "asinh": Normalizer(_fit_asinh, _apply_asinh, ("softening", "center", "scale")),
+    "asinh_shape": Normalizer(_fit_asinh_shape, _apply_asinh_shape, ("softening", "flux_floor", "center", "scale")),
 }
 
 

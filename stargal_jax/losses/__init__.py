@@ -23,13 +23,14 @@ from stargal_jax.losses.base import (DEFAULT_M, DEFAULT_S, PRIORS, Array, LossFn
                                      sample_prior)
 from stargal_jax.losses.terms import (MMD_SCALES, aw, aw_star, dkl, dkl_authors, kl, kl_to_bimodal,
                                       kl_to_bimodal_authors, l2_density_distance, mmd, mmd_imq, pw, pw_star,
-                                      recon_mse, recon_nll, sc)
+                                      radial_window, recon_mse, recon_nll, recon_window, sc)
 
 __all__ = ["DEFAULT_M", "DEFAULT_S", "GP_WEIGHT", "LOSS_TERMS", "MMD_SCALES", "PRIORS", "STATEFUL_TERMS", "Array",
            "LossFn", "LossTerm", "StatefulTerm", "adversarial", "aw", "aw_star", "critic_apply", "critic_loss",
            "critic_term", "dkl", "dkl_authors", "gradient_penalty", "init_critic", "interpolate", "kl",
            "kl_to_bimodal", "kl_to_bimodal_authors", "l2_density_distance", "make_loss_fn", "mmd", "mmd_imq", "pw",
-           "pw_star", "recon_mse", "recon_nll", "sample_prior", "sc", "stateful_terms", "term_options"]
+           "pw_star", "radial_window", "recon_mse", "recon_nll", "recon_window", "sample_prior", "sc", "stateful_terms",
+           "term_options"]
 
 # The order matters: each term's PRNG key is folded from the step's by its position here.
 LOSS_TERMS: dict[str, LossTerm] = {
@@ -45,6 +46,7 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "pw_star": pw_star,
     "mmd": mmd,
     "adversarial": adversarial,
+    "recon_window": recon_window,  # added last: the keys of the terms above keep their positions
 }
 # Terms with state of their own: name -> builder(options, latent_dim, learning_rate) -> StatefulTerm.
 STATEFUL_TERMS: dict[str, Callable[..., StatefulTerm]] = {"adversarial": critic_term}
