@@ -115,3 +115,25 @@ def test_shifted_simulator_parameters_are_their_own_cached_set(tmp_path):
   assert again == shifted
   with np.load(default.truth_path, allow_pickle=False) as a, np.load(shifted.truth_path, allow_pickle=False) as b:
     assert not np.array_equal(a["psf_fwhm_arcsec"], b["psf_fwhm_arcsec"])  # the seeing really changed
+
+
+def test_config_star_fraction_is_the_default_labelled_sets_point_fraction(tmp_path):
+  """configs/common.py's prior (the label-free threshold) against the default labelled set's truth.
+
+  Every object's kind is the first draw of its own random stream (rendering only decides whether it is
+  detected, never its kind), so the kinds of all default_n_labelled objects are read from those streams;
+  that shortcut is checked against the truth file of a small set generated the ordinary way.
+  """
+  from configs import common
+  from stargal_jax.data.formats import CLASS_CODES
+  from stargal_jax.simulate import SimParams, dataset, populations
+  data, params = common.data_config(), SimParams()
+
+  def kind(i):
+    return populations.sample_kind(dataset.object_rng(data.default_seed, dataset.LABELLED_STREAM, i), params)
+
+  small = default_data.ensure_default_data(tmp_path, n_labelled=12, n_unlabelled=1, seed=data.default_seed, workers=1)
+  with np.load(small.truth_path, allow_pickle=False) as truth:
+    assert [CLASS_CODES[kind(i)] for i in range(12)] == truth["label"].tolist()
+  point = np.mean([kind(i) != "GALAXY" for i in range(data.default_n_labelled)])
+  assert abs(data.star_fraction - point) < 0.005, (data.star_fraction, point)
