@@ -26,6 +26,10 @@ def data_config() -> ml_collections.ConfigDict:
   # --config.data.sim_params.seeing_r_median_arcsec=1.6 for a shifted simulation, cached under its own name.
   data.sim_params = ml_collections.ConfigDict(dataclasses.asdict(SimParams()))
   data.mag_bins = (19.0, 21.0)  # r-magnitude bin edges for the per-magnitude metrics.
+  # Reading policies of the data layer (stargal_jax.data.formats; part of each packed store's fingerprint):
+  data.duplicates = "raise"  # An objID seen twice in the labelled set: raise | keep_first (counted).
+  data.max_records_per_file = 100_000  # A file whose header declares more records is refused (never allocated).
+  data.pixel_bounds = (-1e3, 1e6)  # Nanomaggies; pixels outside count as bad pixels, like non-finite ones.
   return data
 
 

@@ -1,8 +1,15 @@
-"""From `config.data` to packed stores, the fitted normalisation, and (for simulated data) the truth tables."""
+"""From `config.data` to packed stores, the fitted normalisation, and (for simulated data) the truth tables.
+
+`open_stores` opens (packing on first use) both sets with the data layer's reading policies from the config
+and says what the data are (`Stores.identity`: the stores' fingerprints, or the default set's manifest), which
+a run's identity records. Batches are a pure function of the step (`batch_schedule`); the images of a store
+(`model_images`) can name the rows behind a batch (`describe`), which the trainer's non-finite stop prints.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +18,7 @@ import numpy as np
 
 from stargal_jax import default_data, paths
 from stargal_jax.simulate import SimParams
+from stargal_jax.data import formats
 from stargal_jax.data import normalize as normalization
 from stargal_jax.data import store as stores
 
@@ -24,7 +32,26 @@ class Inputs:
   source: str
 
 
-def load_inputs(data_config, seed: int = 0) -> Inputs:
+@dataclasses.dataclass(frozen=True)
+class Stores:
+  unlabelled: Any  # stores.Store
+  labelled: Any  # stores.Store
+  source: str
+  truth_path: Path | None  # the simulator's truth of the labelled set (default data only)
+  identity: dict  # what the data are: the stores' fingerprints, or the default set's manifest digest
+
+
+def reading_policies(data_config) -> dict:
+  """The data layer's reading policies from `config.data` (defaults for a config.json written before them)."""
+  return dict(nan_policy=data_config.nan_policy, skip_bad_files=data_config.skip_bad_files,
+              duplicates=data_config.get("duplicates", "raise"),
+              max_records_per_file=int(data_config.get("max_records_per_file", formats.MAX_RECORDS_PER_FILE)),
+              pixel_bounds=tuple(float(v) for v in data_config.get("pixel_bounds", formats.PIXEL_BOUNDS)))
+
+
+def open_stores(data_config) -> Stores:
+  """Both sets of `config.data` as packed stores (the embedded default data, simulated on first use, when
+  neither is given). Raises DataFormatError / FileNotFoundError naming a bad or missing input."""
   cache = paths.cache_dir(data_config.cache_dir)
   truth_path = None
   if data_config.labelled or data_config.unlabelled:
@@ -40,13 +67,29 @@ def load_inputs(data_config, seed: int = 0) -> Inputs:
         params=SimParams.from_dict(data_config.sim_params.to_dict()))
     labelled_src, unlabelled_src, truth_path = str(sim.labelled_dir), str(sim.unlabelled_dir), sim.truth_path
     source = f"embedded simulator ({sim.root})"
-  common = dict(cache_dir=cache, nan_policy=data_config.nan_policy, skip_bad_files=data_config.skip_bad_files)
-  unlabelled = stores.open_dataset(unlabelled_src, kind="unlabelled", **common)
-  labelled = stores.open_dataset(labelled_src, kind="labelled", **common)
-  normalizer = normalization.fit_normalizer(unlabelled, data_config.normalization,
+  policies = reading_policies(data_config)
+  unlabelled = stores.open_dataset(unlabelled_src, kind="unlabelled", cache_dir=cache, **policies)
+  labelled = stores.open_dataset(labelled_src, kind="labelled", cache_dir=cache, **policies)
+  if truth_path is None:
+    identity = {kind: {"store": store.summary["fingerprint"], "files": len(store.files), "objects": len(store)}
+                for kind, store in (("labelled", labelled), ("unlabelled", unlabelled))}
+  else:
+    # Regenerating the default set rewrites its files (new mtimes, new store fingerprints) with the same content:
+    # the manifest, deterministic for a simulator version, sizes and seed, says what the data are.
+    manifest = Path(sim.root) / "manifest.json"
+    identity = {"default_data": Path(sim.root).name,
+                "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                "labelled_objects": len(labelled), "unlabelled_objects": len(unlabelled)}
+  return Stores(unlabelled, labelled, source, truth_path, identity)
+
+
+def load_inputs(data_config, seed: int = 0) -> Inputs:
+  """`open_stores`, the normalisation fitted on the unlabelled set, and the simulator's truth when known."""
+  opened = open_stores(data_config)
+  normalizer = normalization.fit_normalizer(opened.unlabelled, data_config.normalization,
                                             max_images=data_config.normalizer_sample, seed=seed)
-  truth = _aligned_truth(truth_path, labelled) if truth_path else None
-  return Inputs(unlabelled, labelled, normalizer, truth, source)
+  truth = _aligned_truth(opened.truth_path, opened.labelled) if opened.truth_path else None
+  return Inputs(opened.unlabelled, opened.labelled, normalizer, truth, opened.source)
 
 
 def _aligned_truth(truth_path: Path, labelled) -> dict[str, np.ndarray]:
@@ -64,32 +107,56 @@ def _aligned_truth(truth_path: Path, labelled) -> dict[str, np.ndarray]:
   return {**per_object, **nb}
 
 
-def model_images(store, normalizer: dict) -> Callable[[np.ndarray], np.ndarray]:
-  """`fetch(indices)` -> normalised NHWC float32 images, the models' input."""
+class StoreImages:
+  """`fetch(indices)` -> normalised NHWC float32 images of a store, the models' input; `describe(indices)`
+  names the rows most likely to break a loss (file, record, objID: `Store.suspect_rows`)."""
 
-  def fetch(indices: np.ndarray) -> np.ndarray:
-    x = normalization.normalize(normalizer, store.read(indices))
+  def __init__(self, store, normalizer: dict):
+    self.store, self.normalizer = store, normalizer
+
+  def __call__(self, indices: np.ndarray) -> np.ndarray:
+    x = normalization.normalize(self.normalizer, self.store.read(indices))
     return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)), dtype=np.float32)
 
-  return fetch
+  def describe(self, indices: np.ndarray) -> str:
+    return stores.describe_rows(self.store.suspect_rows(indices))
 
 
-def batch_schedule(n: int, batch_size: int, seed: int, fetch: Callable[[np.ndarray], np.ndarray]):
-  """`batch_for_step(step)`: a pure function of the step (deterministic shuffling per epoch from the seed)."""
-  steps_per_epoch = n // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"Batch size {batch_size} is larger than the training set ({n} objects).")
-  cached: dict[int, np.ndarray] = {}
+def model_images(store, normalizer: dict) -> StoreImages:
+  """`fetch(indices)` -> normalised NHWC float32 images, the models' input (see `StoreImages`)."""
+  return StoreImages(store, normalizer)
 
-  def batch_for_step(step: int) -> dict[str, np.ndarray]:
-    epoch, position = divmod(step, steps_per_epoch)
-    if epoch not in cached:
-      cached.clear()
-      cached[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-    indices = cached[epoch][position * batch_size:(position + 1) * batch_size]
-    return {"x": fetch(np.sort(indices))}
 
-  return batch_for_step
+class BatchSchedule:
+  """`batch_for_step(step)`: a pure function of the step (deterministic shuffling per epoch from the seed).
+
+  `indices(step)` are the rows of step `step`'s batch; `describe(step)` names its suspect inputs when `fetch`
+  can (a `StoreImages`), else None."""
+
+  def __init__(self, n: int, batch_size: int, seed: int, fetch: Callable[[np.ndarray], np.ndarray]):
+    self.steps_per_epoch = n // batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"Batch size {batch_size} is larger than the training set ({n} objects).")
+    self.n, self.batch_size, self.seed, self.fetch = n, batch_size, seed, fetch
+    self._epoch_order: dict[int, np.ndarray] = {}  # the current epoch's permutation only
+
+  def indices(self, step: int) -> np.ndarray:
+    epoch, position = divmod(step, self.steps_per_epoch)
+    if epoch not in self._epoch_order:
+      self._epoch_order = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+    return np.sort(self._epoch_order[epoch][position * self.batch_size:(position + 1) * self.batch_size])
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    return {"x": self.fetch(self.indices(step))}
+
+  def describe(self, step: int) -> str | None:
+    describe_rows = getattr(self.fetch, "describe", None)
+    return describe_rows(self.indices(step)) if describe_rows is not None else None
+
+
+def batch_schedule(n: int, batch_size: int, seed: int, fetch: Callable[[np.ndarray], np.ndarray]) -> BatchSchedule:
+  """`batch_for_step(step)`, a pure function of the step (see `BatchSchedule`)."""
+  return BatchSchedule(n, batch_size, seed, fetch)
 
 
 def describe(inputs: Inputs) -> dict:

@@ -316,6 +316,31 @@ def sdss_model_criteria(images, psf_fwhm_px: float | None = None,
   return photometry.sdss_criteria(images, R_BAND, psf)
 
 
+def classical_indices(images, psf_fwhm_px: float | None = None, aperture_correction_mag: float | None = None,
+                      psf: "photometry.GaussianMixture | None" = None) -> dict[str, np.ndarray]:
+  """{name: (N,)} the r-band physical measurements behind the classical baselines, NaN where undefined (no
+  measurable flux): `concentration_index` (F(1.5 px) / F(5 px)), `psf_minus_extended` (mag), SDSS's
+  `sdss_psf_minus_cmodel` (psfMag - cModelMag, mag) and its S/N-aware `sdss_psf_minus_cmodel_significance`."""
+  model_criteria = sdss_model_criteria(images, psf_fwhm_px, psf)
+  return {
+      "concentration_index": concentration_index(images, R_BAND),
+      "psf_minus_extended": psf_minus_extended(images, R_BAND, psf_fwhm_px, aperture_correction_mag),
+      "sdss_psf_minus_cmodel": model_criteria["psf_minus_cmodel"],
+      "sdss_psf_minus_cmodel_significance": model_criteria["psf_cmodel_significance"],
+  }
+
+
+def baseline_scores_from_indices(indices: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The baselines' scores (see `classical_baseline_scores`) from `classical_indices`: oriented so that larger
+  is more extended, undefined values at the median score."""
+  return {
+      "concentration": _fill_with_median(-indices["concentration_index"]),
+      "psf_minus_extended": _fill_with_median(indices["psf_minus_extended"]),
+      "sdss_psf_minus_cmodel": _fill_with_median(indices["sdss_psf_minus_cmodel"]),
+      "sdss_psf_minus_cmodel_significance": _fill_with_median(indices["sdss_psf_minus_cmodel_significance"]),
+  }
+
+
 def classical_baseline_scores(images, psf_fwhm_px: float | None = None,
                               aperture_correction_mag: float | None = None,
                               psf: "photometry.GaussianMixture | None" = None) -> dict[str, np.ndarray]:
@@ -328,10 +353,4 @@ def classical_baseline_scores(images, psf_fwhm_px: float | None = None,
   (noise and the set's stellar-locus width; ~0 with unit spread for point sources at every magnitude; see
   `photometry.psf_cmodel_significance`). Undefined values (no measurable flux) take the median score.
   """
-  model_criteria = sdss_model_criteria(images, psf_fwhm_px, psf)
-  return {
-      "concentration": _fill_with_median(-concentration_index(images, R_BAND)),
-      "psf_minus_extended": extendedness(images, psf_fwhm_px, aperture_correction_mag),
-      "sdss_psf_minus_cmodel": _fill_with_median(model_criteria["psf_minus_cmodel"]),
-      "sdss_psf_minus_cmodel_significance": _fill_with_median(model_criteria["psf_cmodel_significance"]),
-  }
+  return baseline_scores_from_indices(classical_indices(images, psf_fwhm_px, aperture_correction_mag, psf))

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from astropy.visualization import make_lupton_rgb
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from stargal_jax import metrics
 
@@ -169,4 +170,68 @@ def plot_image_grid(images, titles: Sequence[str] | None, path, columns: int = 8
       axes.imshow(gri_composite(cutouts[index]), origin="lower", interpolation="nearest")
       if titles is not None:
         axes.set_title(str(titles[index]), fontsize=7)
+  return _save(figure, path)
+
+
+def plot_training_curves(history: Sequence[Mapping[str, float]], path, title: str = "training") -> Path:
+  """One small panel per logged quantity of a trainer history (`train.TrainResult.history`: dicts with `step`
+  and one number per key) against the step: `total` first, then the loss terms, `grad_norm`, `images_per_second`.
+  Positive quantities spanning more than a decade are drawn on a log axis."""
+  if not history:
+    raise ValueError("an empty history has no curves")
+  steps = np.array([entry["step"] for entry in history], dtype=np.float64)
+  keys = list(dict.fromkeys(k for entry in history for k in entry if k != "step"))
+  last = ("grad_norm", "images_per_second")
+  keys = sorted(keys, key=lambda k: (k != "total", k in last, last.index(k) if k in last else 0))
+  columns = min(3, len(keys))
+  rows = -(-len(keys) // columns)
+  figure = Figure(figsize=(3.4 * columns, 2.5 * rows))
+  grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+  for axes, key in zip(grid, keys):
+    values = np.array([entry.get(key, np.nan) for entry in history], dtype=np.float64)
+    axes.plot(steps, values, color="k" if key == "total" else "tab:blue", lw=1.4, marker="." if len(steps) < 30 else None)
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
+      axes.set_yscale("log")
+    axes.set(title=key.replace("_", " "), xlabel="step")
+    axes.grid(alpha=0.3)
+  for axes in grid[len(keys):]:
+    axes.set_axis_off()
+  figure.suptitle(title)
+  figure.tight_layout()
+  return _save(figure, path)
+
+
+def plot_segmentation_overlay(image, seg_map, is_galaxy, x, y, path, sky_sigma: float,
+                              zoom: tuple[int, int, int, int] | None = None, title: str = "") -> Path:
+  """A frame (asinh stretch of `image / sky_sigma`, grey) with the outlines of a segmentation map's objects
+  (ids 1..N; `is_galaxy[k]` colours id k + 1: galaxies blue, point-like orange) and their centres (x, y, 0-based
+  pixels); with `zoom` = (x0, x1, y0, y1) a second panel shows that region with the objects' ids."""
+  image = np.nan_to_num(np.asarray(image, np.float64))
+  seg_map = np.asarray(seg_map)
+  is_galaxy = np.asarray(is_galaxy, bool)
+  classes = np.r_[False, is_galaxy]  # index = id; 0 background
+  panels = [(0, image.shape[1], 0, image.shape[0])] + ([zoom] if zoom else [])
+  figure = Figure(figsize=(7.5 * len(panels), 5.6))
+  for axes, (x0, x1, y0, y1) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
+    block = seg_map[y0:y1, x0:x1]
+    axes.imshow(np.arcsinh(image[y0:y1, x0:x1] / (3 * sky_sigma)), origin="lower", cmap="gray_r", vmin=-0.5,
+                vmax=5, extent=(x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5), interpolation="nearest")
+    for galaxy, colour in ((True, "tab:blue"), (False, "tab:orange")):
+      members = (block > 0) & (classes[np.clip(block, 0, len(classes) - 1)] == galaxy)
+      if members.any():
+        axes.contour(np.arange(x0, x1), np.arange(y0, y1), members.astype(float), levels=[0.5], colors=colour,
+                     linewidths=0.6 if len(panels) == 1 or (x0, y0) == (0, 0) else 1.0)
+    inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+    axes.scatter(np.asarray(x)[inside], np.asarray(y)[inside], s=4, color="red", lw=0)
+    if (x0, x1, y0, y1) != panels[0]:
+      for k in np.flatnonzero(inside):
+        axes.annotate(str(k + 1), (x[k], y[k]), xytext=(4, 4), textcoords="offset points", fontsize=7, color="k")
+    else:
+      for zx0, zx1, zy0, zy1 in panels[1:]:
+        axes.add_patch(Rectangle((zx0, zy0), zx1 - zx0, zy1 - zy0, fill=False, color="magenta", lw=1.2))
+    axes.set(xlim=(x0 - 0.5, x1 - 0.5), ylim=(y0 - 0.5, y1 - 0.5), xlabel="x (r-band pixel, 0-based)",
+             ylabel="y (r-band pixel, 0-based)")
+  figure.suptitle(title or "segmentation map: galaxies blue, point-like orange")
+  figure.tight_layout()
   return _save(figure, path)

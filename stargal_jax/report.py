@@ -103,10 +103,10 @@ def _notes_section(rows) -> list[str]:
   return ["## Notes", "", *notes, ""] if notes else []
 
 
-def _plots_section(workdir: Path, plots: Mapping[str, str]) -> list[str]:
+def _plots_section(workdir: Path, plots: Mapping[str, str], heading: str = "Plots") -> list[str]:
   if not plots:
     return []
-  lines = ["## Plots", ""]
+  lines = [f"## {heading}", ""]
   for name, relative_path in plots.items():
     if (workdir / relative_path).is_file():
       lines += [f"### {name}", "", f"![{name}]({Path(relative_path).as_posix()})", ""]
@@ -116,10 +116,12 @@ def _plots_section(workdir: Path, plots: Mapping[str, str]) -> list[str]:
 
 
 def write_report(workdir, metrics: Mapping[str, dict], plots: Mapping[str, str],
-                 config_summary: str, title: str = "stargal_jax evaluation") -> Path:
-  """Writes `workdir/report.md` (tables, embedded plots, config) and returns its path.
+                 config_summary: str, title: str = "stargal_jax evaluation",
+                 curves: Mapping[str, str] | None = None) -> Path:
+  """Writes `workdir/report.md` (tables, embedded plots, training curves, config) and returns its path.
 
-  `plots` maps a caption to a path relative to `workdir`; `config_summary` is printed verbatim.
+  `plots` and `curves` (one loss-curve figure per trained stage, `stargal_jax.curves`) map a caption to a path
+  relative to `workdir`; `config_summary` is printed verbatim.
   """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,7 @@ def write_report(workdir, metrics: Mapping[str, dict], plots: Mapping[str, str],
   lines += _seed_section(rows)
   lines += _notes_section(rows)
   lines += _plots_section(workdir, plots)
+  lines += _plots_section(workdir, curves or {}, heading="Training curves")
   lines += ["## Config", "", "```", config_summary.rstrip("\n"), "```", ""]
   path = workdir / "report.md"
   path.write_text("\n".join(lines), encoding="utf-8")

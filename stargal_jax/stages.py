@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from stargal_jax import inputs as inputs_lib
-from stargal_jax import models, train
+from stargal_jax import curves, models, train
 
 Fetch = Callable[[np.ndarray], np.ndarray]
 
@@ -39,8 +39,10 @@ def train_stage(stage_config, fetch: Fetch, n: int, key: jax.Array, workdir: Pat
   model = build_model(stage_config, init_key)
   data_seed = int(jax.random.randint(data_key, (), 0, 2**31 - 1))
   batch_for_step = inputs_lib.batch_schedule(n, stage_config.train.batch_size, data_seed, fetch)
-  return train.train(model, stage_config.train, *_loss_settings(stage_config), batch_for_step, step_key,
-                     Path(workdir) / "checkpoints" / name, name, transform_outputs=transform_outputs)
+  result = train.train(model, stage_config.train, *_loss_settings(stage_config), batch_for_step, step_key,
+                       Path(workdir) / "checkpoints" / name, name, transform_outputs=transform_outputs)
+  curves.record_stage(workdir, name, result.history)  # WORKDIR/tensorboard/<name>/
+  return result
 
 
 def train_stage_seeds(stage_config, fetch: Fetch, n: int, keys: jax.Array, workdir: Path,
@@ -50,8 +52,10 @@ def train_stage_seeds(stage_config, fetch: Fetch, n: int, keys: jax.Array, workd
   data_seeds = [int(jax.random.randint(jax.random.fold_in(k, 1), (), 0, 2**31 - 1)) for k in keys]
   schedules = [inputs_lib.batch_schedule(n, stage_config.train.batch_size, s, fetch) for s in data_seeds]
   batch_for_step = lambda step: {"x": np.stack([schedule(step)["x"] for schedule in schedules])}
-  return train.train_seeds(lambda k: build_model(stage_config, k), keys, stage_config.train,
-                           *_loss_settings(stage_config), batch_for_step, Path(workdir) / "checkpoints" / name, name)
+  result = train.train_seeds(lambda k: build_model(stage_config, k), keys, stage_config.train,
+                             *_loss_settings(stage_config), batch_for_step, Path(workdir) / "checkpoints" / name, name)
+  curves.record_stage(workdir, name, result.history, num_seeds=len(keys))
+  return result
 
 
 def restore_stage(stage_config, ckpt_dir: str | Path, num_seeds: int | None = None) -> train.TrainResult:

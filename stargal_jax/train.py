@@ -5,12 +5,20 @@ term (`losses.StatefulTerm`, e.g. WAE-GAN's `critic`, `critic_opt`): the trainer
 a pure function of the step (`batch_for_step(step)`), and the step's PRNG key is `fold_in(key, step)`, so a run
 killed part-way and restarted from its checkpoint follows exactly the same trajectory as an uninterrupted one.
 `initial_state` builds the state and step; `restore` reads a finished run's final checkpoint back.
+
+Checkpoint integrity: once orbax has finalised a step, the sha256 of every file of its directory is written
+beside them (`CHECKSUM_FILE`) and verified before the step is restored. A resume takes the newest intact step:
+a corrupt newer one (truncated, zeroed, a flipped bit) is moved aside with a warning and training continues
+from the intact one (batches and keys are functions of the step, so the result is the same); if none is
+intact, `CheckpointError` names the directory. A directory written before checksums (no step has one) is
+restored unverified, with a warning.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -24,12 +32,24 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stargal_jax import distributed, losses, models
+from stargal_jax.checkpoint_checksums import checksum_problem, step_dirs, write_checksums
 
 Batch = Mapping[str, np.ndarray]
 
 
 class TrainingDiverged(RuntimeError):
-  """A non-finite loss or gradient: training stopped, the last good checkpoint is kept."""
+  """A non-finite loss or gradient: training stopped, the last good checkpoint is kept. `step` is the failing
+  step (its batch is `batch_for_step(step)`), `seeds` the diverged seeds of a seed study (None for one run)."""
+
+  def __init__(self, message: str, step: int | None = None, seeds: list[int] | None = None):
+    super().__init__(message)
+    self.step, self.seeds = step, seeds
+
+
+class CheckpointError(RuntimeError):
+  """No intact checkpoint to restore; the message names the directory and what is wrong with each step."""
+
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +132,41 @@ def _checkpoint_manager(ckpt_dir: Path, keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
 
 
+def _usable_step(ckpt_dir: Path, name: str) -> tuple[int | None, bool]:
+  """(the newest step to resume from, whether it is verified); corrupt newer steps are moved aside (process 0)
+  with a warning. Raises CheckpointError when steps exist and none is intact."""
+  steps = step_dirs(ckpt_dir)
+  problems = {step: checksum_problem(path) for step, path in sorted(steps.items(), reverse=True)}
+  if not steps:
+    return None, False
+  if all(problem == "no checksums" for problem in problems.values()):  # written before checksums existed
+    latest = max(steps)
+    _warn(f"[{name}] checkpoints in {ckpt_dir} have no checksums (written before they existed): step {latest} "
+          f"is restored unverified")
+    return latest, False
+  intact = [step for step, problem in problems.items() if problem is None]
+  if not intact:
+    listed = "; ".join(f"step {step}: {problem}" for step, problem in problems.items())
+    raise CheckpointError(f"{ckpt_dir}: no intact checkpoint ({listed}); remove {ckpt_dir} to train this stage "
+                          f"from scratch")
+  chosen = intact[0]
+  for step, problem in problems.items():
+    if step > chosen:
+      aside = ckpt_dir.parent / f"{ckpt_dir.name}.corrupt" / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+      if distributed.is_writer():
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(steps[step]), str(aside))
+      _warn(f"[{name}] checkpoint step {step} in {ckpt_dir} is corrupt ({problem}); moved to {aside}; resuming "
+            f"from step {chosen}, the newest intact one")
+  distributed.barrier(f"stargal_jax.checkpoints.{ckpt_dir}")
+  return chosen, True
+
+
+def _warn(message: str) -> None:
+  logging.warning("%s", message)
+  print(f"WARNING {message}", flush=True)
+
+
 def initial_state(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
                   key: jax.Array, transform_outputs: Callable | None = None):
   """(graphdef, train_state, pure step function) for one registry model; `key` seeds the stateful terms' state."""
@@ -141,11 +196,16 @@ def restore(model, train_config, loss_weights: Mapping[str, float], loss_options
   leading = () if num_seeds is None else (int(num_seeds),)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(leading + np.shape(x), np.asarray(x).dtype),
                           distributed.to_host(state))
+  saved = step_dirs(ckpt_dir)
+  latest = max(saved) if saved else None
+  if latest != steps:
+    raise FileNotFoundError(f"{ckpt_dir}: no finished stage of {steps} steps (latest checkpoint: {latest})")
+  problem = checksum_problem(saved[latest])
+  if problem not in (None, "no checksums"):
+    raise CheckpointError(f"{ckpt_dir}: the final checkpoint (step {latest}) is corrupt ({problem}); run the "
+                          f"training again with the same --workdir: it resumes from the newest intact step")
   manager = ocp.CheckpointManager(ckpt_dir)
   try:
-    latest = manager.latest_step()
-    if latest != steps:
-      raise FileNotFoundError(f"{ckpt_dir}: no finished stage of {steps} steps (latest checkpoint: {latest})")
     restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
   finally:
     manager.close()
@@ -154,21 +214,25 @@ def restore(model, train_config, loss_weights: Mapping[str, float], loss_options
 
 def train(model, train_config, loss_weights: Mapping[str, float], loss_options: Mapping[str, Mapping],
           batch_for_step: Callable[[int], Batch], key: jax.Array, ckpt_dir: Path, name: str,
-          transform_outputs: Callable | None = None, mesh: Mesh | None = None) -> TrainResult:
+          transform_outputs: Callable | None = None, mesh: Mesh | None = None,
+          describe_step: Callable[[int], str | None] | None = None) -> TrainResult:
   """Trains `model` for `train_config.steps` steps, resuming from `ckpt_dir` when it holds a checkpoint.
 
   The batch is split over the devices of `mesh` (data parallel, over every process's devices by default);
   parameters are replicated. With several processes, each calls this with the same arguments. Raises
   TrainingDiverged (naming the step and the loss terms) on a non-finite loss or gradient; the checkpoints
-  written before that step are kept.
+  written before that step are kept. `describe_step(step)` (default: `batch_for_step.describe` when the batches
+  come from `inputs.batch_schedule`) names the inputs of the failing batch in that message: the trainer itself
+  knows nothing of the data.
   """
+  describe_step = describe_step or getattr(batch_for_step, "describe", None)
   mesh = mesh or data_mesh(int(train_config.batch_size))
   graphdef, train_state, step_fn = initial_state(model, train_config, loss_weights, loss_options, key,
                                                  transform_outputs)
   train_state, history = _fit(
       jax.jit(step_fn, donate_argnums=(0,)), train_state, lambda t: replicate(t, mesh),
       lambda step: shard_batch(batch_for_step(step), mesh), _key_for_step(key, lambda k: replicate(k, mesh)),
-      train_config, ckpt_dir, name)
+      train_config, ckpt_dir, name, describe_step=describe_step)
   return TrainResult(graphdef, train_state["params"], train_state["model_state"], history)
 
 
@@ -226,16 +290,25 @@ def batches_ahead(batch_for_step: Callable[[int], Any], start: int, stop: int) -
       yield batch
 
 
+def _save(manager: ocp.CheckpointManager, step: int, train_state, ckpt_dir: Path) -> None:
+  """Saves a step, waits until orbax has finalised it, then records its checksums (process 0)."""
+  manager.save(step, args=ocp.args.StandardSave(distributed.to_host(train_state)))
+  manager.wait_until_finished()
+  if distributed.is_writer():
+    write_checksums(Path(ckpt_dir).absolute() / str(step))
+
+
 def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_config, ckpt_dir: Path, name: str,
-         images_per_step: int | None = None):
+         images_per_step: int | None = None, describe_step: Callable[[int], str | None] | None = None):
   """The loop shared by single runs and seed studies: resume, step, NaN stop, progress, checkpoints."""
+  ckpt_dir = Path(ckpt_dir).absolute()
+  resume_step, _ = _usable_step(ckpt_dir, name)  # before the manager lists the steps: corrupt ones moved aside
   manager = _checkpoint_manager(ckpt_dir)
   start = 0
-  latest = manager.latest_step()
-  if latest is not None:
+  if resume_step is not None:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, distributed.to_host(train_state))
-    train_state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    start = int(latest)
+    train_state = manager.restore(resume_step, args=ocp.args.StandardRestore(abstract))
+    start = int(resume_step)
     logging.info("%s: resumed from checkpoint at step %d", name, start)
     print(f"[{name}] resumed from checkpoint at step {start}", flush=True)
   train_state = place_state(train_state)
@@ -253,9 +326,13 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
       manager.wait_until_finished()
       which = "" if finite.ndim == 0 else f" (seeds {np.flatnonzero(~finite).tolist()})"
       terms = ", ".join(f"{k}={np.ravel(v)[np.argmin(np.ravel(finite))]:.4g}" for k, v in host.items())
+      suspects = describe_step(step) if describe_step is not None else None
       raise TrainingDiverged(
           f"[{name}] non-finite loss or gradient at step {step}{which} ({terms}); stopped. The last good "
-          f"checkpoint (step {manager.latest_step()}) is kept in {ckpt_dir}.")
+          f"checkpoint (step {manager.latest_step()}) is kept in {ckpt_dir}."
+          + (f" The inputs of that batch most likely to blame (largest |pixel| first): {suspects}." if suspects
+             else ""),
+          step=step, seeds=None if finite.ndim == 0 else np.flatnonzero(~finite).tolist())
     done = step + 1
     if steady_since is None:
       steady_since = (time.perf_counter(), done)
@@ -269,7 +346,7 @@ def _fit(step_fn, train_state, place_state, batch_for_step, key_for_step, train_
       terms = " ".join(f"{k}={v:.4g}" for k, v in means.items())
       print(f"[{name}] step {done}/{steps} {terms} | {rate:.0f} img/s | ~{left:.0f}s left", flush=True)
     if done % train_config.checkpoint_every == 0 or done == steps:
-      manager.save(done, args=ocp.args.StandardSave(distributed.to_host(train_state)))
+      _save(manager, done, train_state, ckpt_dir)
   manager.wait_until_finished()
   manager.close()
   return train_state, history

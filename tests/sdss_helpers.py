@@ -78,3 +78,49 @@ def write_csv(path, header, rows):
     writer = csv.writer(handle)
     writer.writerow(header)
     writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small synthetic frame files in the SDSS frame data model (HDU0 image + WCS, HDU1 calib, HDU2 sky model).
+
+PIXEL_DEG = 0.396 / 3600.0
+SYNTHETIC_SHAPE = (160, 200)  # rows, columns
+SYNTHETIC_STARS = [(40.0 + 24.0 * i + 0.3 * j, 40.0 + 26.0 * j + 0.2 * i) for i in range(6) for j in range(4)]
+
+
+def synthetic_frame_hdus(band="r", run=1035, camcol=6, stars=SYNTHETIC_STARS, crpix_shift=(0.0, 0.0), seed=0):
+  """An HDUList shaped like an SDSS frame: Gaussian stars (sigma 1.5 px, 20 nanomaggies) on sky noise, a TAN WCS
+  (0.396"/px) whose reference pixel may be shifted by `crpix_shift` (a wrong WCS), calibration and sky model."""
+  from astropy.io import fits
+  ny, nx = SYNTHETIC_SHAPE
+  calib_value, sky_counts = 0.005, 100.0
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:ny, :nx]
+  image = rng.normal(0.0, calib_value * np.sqrt(sky_counts / 4.9 + 1.0), (ny, nx))
+  for x, y in stars:
+    image += 20.0 / (2 * np.pi * 1.5 ** 2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5 ** 2))
+  header = fits.Header()
+  header.update(FILTER=band, RUN=run, CAMCOL=camcol, CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=10.0,
+                CRVAL2=1.0, CRPIX1=nx / 2 + 1 + crpix_shift[0], CRPIX2=ny / 2 + 1 + crpix_shift[1],
+                CD1_1=-PIXEL_DEG, CD1_2=0.0, CD2_1=0.0, CD2_2=PIXEL_DEG, CUNIT1="deg", CUNIT2="deg")
+  grid = (8, 10)
+  sky = fits.BinTableHDU.from_columns([
+      fits.Column(name="ALLSKY", format=f"{grid[0] * grid[1]}E", dim=f"({grid[1]}, {grid[0]})",
+                  array=np.full((1,) + grid, sky_counts, np.float32)),
+      fits.Column(name="XINTERP", format=f"{nx}E", array=np.linspace(0, grid[1] - 1, nx, dtype=np.float32)[None]),
+      fits.Column(name="YINTERP", format=f"{ny}E", array=np.linspace(0, grid[0] - 1, ny, dtype=np.float32)[None])])
+  return fits.HDUList([fits.PrimaryHDU(image.astype(np.float32), header),
+                       fits.ImageHDU(np.full(nx, calib_value, np.float32)), sky])
+
+
+def write_synthetic_frame(folder, band="r", run=1035, camcol=6, field=17, hdus=None, **kwargs):
+  """Writes frame-{band}-RRRRRR-C-FFFF.fits.bz2 (of `hdus`, or `synthetic_frame_hdus(band, ...)`); its path."""
+  import bz2
+  import io
+  from pathlib import Path
+  buffer = io.BytesIO()
+  (hdus if hdus is not None else synthetic_frame_hdus(band, run, camcol, **kwargs)).writeto(buffer)
+  path = Path(folder) / f"frame-{band}-{run:06d}-{camcol}-{field:04d}.fits.bz2"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(bz2.compress(buffer.getvalue()))
+  return path

@@ -51,3 +51,49 @@ def test_outputs_hold_the_evaluations(num_seeds, tmp_path):
   # Seed 0's own numbers head the file either way.
   assert written["method"]["auc"] == pytest.approx(evaluations[0]["method"]["auc"])
   assert written["pipeline"] == "test"
+
+
+def test_classification_columns_single_run_and_consensus_by_hand():
+  from scipy import stats
+  rng = np.random.default_rng(5)
+  scores = rng.normal(size=(3, 40))
+  preds = (scores > 0).astype(np.int8)
+  single = outputs.classification_columns(scores[0], preds[0], 0.3)
+  assert list(single) == ["score", "score_quantile", "class"]
+  np.testing.assert_allclose(single["score_quantile"], (stats.rankdata(scores[0], method="ordinal") - 1) / 39)
+  study = outputs.classification_columns(scores, preds, 0.3)
+  consensus = np.mean([(stats.rankdata(s, method="ordinal") - 1) / 39 for s in scores], axis=0)
+  np.testing.assert_allclose(study["score"], consensus)
+  np.testing.assert_allclose(study["score_quantile"], (stats.rankdata(consensus, method="ordinal") - 1) / 39)
+  assert study["class"].sum() == 40 - int(np.sum(consensus <= np.quantile(consensus, 0.3)))
+  assert list(study)[3:] == ["score_s000", "class_s000", "score_s001", "class_s001", "score_s002", "class_s002"]
+  np.testing.assert_array_equal(study["class_s002"], preds[2])
+
+
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_the_run_catalogue_is_predictions_npz_with_evaluation_labels(num_seeds, tmp_path):
+  import ml_collections
+  from stargal_jax import catalogue
+  evaluations, latents, store, measurements = _evaluations(num_seeds)
+  measurements["index_concentration_index"] = np.linspace(0.1, 0.5, len(store))
+  config = ml_collections.ConfigDict({"num_seeds": num_seeds, "pipeline": "ae_vae", "data": {"star_fraction": 0.3},
+                                      "score": {"method": "latent_unit"}})
+  outputs.write_outputs(tmp_path, evaluations, latents, store, measurements, 0.3, (19.0, 21.0),
+                        {"data_source": "a test"}, "{}", make_plots=False, config=config)
+  pred = np.load(tmp_path / "predictions.npz", allow_pickle=False)
+  table = catalogue.read_catalogue(tmp_path / "catalogue.fits")
+  np.testing.assert_array_equal(table["objID"], pred["objID"])
+  np.testing.assert_array_equal(table["id"], np.arange(1, len(store) + 1))
+  if num_seeds == 1:
+    np.testing.assert_array_equal(table["score"], pred["score"])
+    np.testing.assert_array_equal(table["class"], pred["pred"])
+  else:
+    for s in range(num_seeds):
+      np.testing.assert_array_equal(table[f"score_s{s:03d}"], pred["score"][s])
+      np.testing.assert_array_equal(table[f"class_s{s:03d}"], pred["pred"][s])
+  names = {0: "STAR", 1: "GALAXY", 2: "QSO"}
+  assert table["eval_label"].tolist() == [names[int(c)] for c in store.index["label"]]
+  np.testing.assert_allclose(table["concentration"], measurements["index_concentration_index"], rtol=1e-6)
+  np.testing.assert_allclose(table["r_mag"], measurements["r_mag"], rtol=1e-6)
+  assert table.meta["DATASRC"] == "a test" and table.meta["EVALSET"] and table.meta["NSEEDS"] == num_seeds
+  assert "n_nonfinite" not in table.colnames  # this store lists no input files to count them in

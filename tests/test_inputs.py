@@ -1,11 +1,14 @@
 """config.data -> stores, normaliser, truth; batches as a pure function of the step."""
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 import pytest
 
 from stargal_jax import inputs as inputs_lib
 from stargal_jax.data import formats
+from stargal_jax.simulate import SimParams
 
 
 def test_batch_schedule_is_a_pure_function_of_the_step():
@@ -62,7 +65,7 @@ def test_simulator_truth_is_aligned_with_the_store(tmp_path):
   data = ml_collections.ConfigDict(dict(
       labelled="", unlabelled="", cache_dir=str(tmp_path), nan_policy="zero", skip_bad_files=False,
       normalization="asinh", normalizer_sample=20, default_n_labelled=40, default_n_unlabelled=20,
-      default_seed=5, workers=1))
+      default_seed=5, workers=1, sim_params=dataclasses.asdict(SimParams())))
   inputs = inputs_lib.load_inputs(data)
   truth = inputs.truth
   np.testing.assert_array_equal(truth["objID"], inputs.labelled.index["objID"])
@@ -83,3 +86,54 @@ def test_sim_params_in_the_config_select_a_shifted_simulation(tmp_path):
   assert "-p" in inputs.source  # its own cached set, not the default one
   manifest = next((tmp_path / "sim").glob("*-p*/manifest.json")).read_text()
   assert '"seeing_r_median_arcsec": 1.9' in manifest
+
+
+def _data_config(tmp_path, **overrides):
+  values = dict(labelled=str(tmp_path / "lab"), unlabelled=str(tmp_path / "unl" / "*.npy"),
+                cache_dir=str(tmp_path / "c"), nan_policy="zero", skip_bad_files=False, normalization="zscore",
+                normalizer_sample=10, duplicates="raise", max_records_per_file=100_000, pixel_bounds=(-1e3, 1e6))
+  return ml_collections.ConfigDict({**values, **overrides})
+
+
+def test_the_data_layer_policies_come_from_the_config(tmp_path):
+  """config.data.duplicates / max_records_per_file / pixel_bounds reach the reader (configs/common.py sets them)."""
+  from configs import common
+  assert {"duplicates", "max_records_per_file", "pixel_bounds"} <= set(common.data_config())
+  images = _write_study_files(tmp_path, np.random.default_rng(0))
+  formats.write_labelled(tmp_path / "lab" / "c.npy", np.array([100]), images[:1], np.array(["STAR"]), np.zeros(1))
+  with pytest.raises(formats.DuplicateObjIDError, match="100"):
+    inputs_lib.load_inputs(_data_config(tmp_path))
+  kept = inputs_lib.load_inputs(_data_config(tmp_path, duplicates="keep_first"))
+  assert len(kept.labelled) == 12
+  with pytest.raises(formats.DataFormatError, match="7 records"):
+    inputs_lib.load_inputs(_data_config(tmp_path, duplicates="keep_first", max_records_per_file=6))
+  bounded = inputs_lib.open_stores(_data_config(tmp_path, duplicates="keep_first", pixel_bounds=(-1e3, 4.0)))
+  # Pixels above 4 nanomaggies (the raised 4x4 block of every band, in every image, + noise): counted by hand.
+  by_hand = int(np.sum(images[:10] > 4.0))
+  assert bounded.unlabelled.summary["out_of_bounds"]["pixels"] == by_hand > 0
+  assert kept.unlabelled.summary["out_of_bounds"]["pixels"] == 0
+
+
+def test_open_stores_identity_is_the_stores_fingerprints(tmp_path):
+  _write_study_files(tmp_path, np.random.default_rng(0))
+  opened = inputs_lib.open_stores(_data_config(tmp_path))
+  assert opened.identity == {
+      "labelled": {"store": opened.labelled.summary["fingerprint"], "files": 2, "objects": 12},
+      "unlabelled": {"store": opened.unlabelled.summary["fingerprint"], "files": 10, "objects": 10}}
+
+
+def test_a_batch_names_its_suspect_rows_by_file_and_record(tmp_path):
+  """`describe(step)` of a schedule over a store names the step's batch rows, the largest |pixel| first: checked
+  against the batch drawn by hand from the documented permutation."""
+  images = _write_study_files(tmp_path, np.random.default_rng(0))
+  inputs = inputs_lib.load_inputs(_data_config(tmp_path))
+  schedule = inputs_lib.batch_schedule(len(inputs.unlabelled), 4, 7, inputs_lib.model_images(inputs.unlabelled,
+                                                                                             inputs.normalizer))
+  step = 3  # epoch 1 (2 steps per epoch), position 1
+  by_hand = np.sort(np.random.default_rng([7, 1]).permutation(10)[4:8])
+  np.testing.assert_array_equal(schedule.indices(step), by_hand)
+  worst = by_hand[np.argmax(np.abs(images[by_hand]).reshape(4, -1).max(axis=1))]
+  text = schedule.describe(step)
+  first = text.split(";")[0]
+  assert f"u{worst}.npy, record 0" in first and len(text.split(";")) == 4
+  assert inputs_lib.batch_schedule(10, 4, 7, lambda idx: idx).describe(step) is None

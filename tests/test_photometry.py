@@ -15,6 +15,7 @@ import pytest
 from scipy import optimize
 
 from stargal_jax import PIXEL_SCALE_ARCSEC, photometry
+from stargal_jax.photometry import fitting
 
 SIZE = 64
 PSF_FWHM_ARCSEC = 1.3
@@ -191,6 +192,7 @@ def test_extension_significance_grows_with_size_and_snr():
     assert fits.extension_variance_px2[index] == pytest.approx(amplitude / flux, rel=0.05)
 
 
+@pytest.mark.slow  # eager mode dispatches every operation from Python: ~30 s
 def test_batch_equals_single_and_jit_equals_eager(galsim_galaxies, kolmogorov, monkeypatch):
   images, _, fits = galsim_galaxies
   _, mixture = kolmogorov
@@ -204,10 +206,10 @@ def test_batch_equals_single_and_jit_equals_eager(galsim_galaxies, kolmogorov, m
   data = (pixels[0, rows, rows] / sigma[0]).ravel().astype(np.float32)
   weight = np.ones_like(data)
   # Eager execution dispatches every operation from Python: a shorter fit (1 LM step each, 1 start) keeps it fast.
-  monkeypatch.setattr(photometry, "N_LM_STEPS", 1)
-  monkeypatch.setattr(photometry, "N_PSF_LM_STEPS", 1)
-  monkeypatch.setattr(photometry, "START_RADII_PX", (2.0,))
-  fn = photometry._compiled_fit.__wrapped__(SIZE, SIZE, fit_box)
+  monkeypatch.setattr(fitting, "N_LM_STEPS", 1)
+  monkeypatch.setattr(fitting, "N_PSF_LM_STEPS", 1)
+  monkeypatch.setattr(fitting, "START_RADII_PX", (2.0,))
+  fn = fitting.compiled_fit.__wrapped__(SIZE, SIZE, fit_box)
   args = (data[None], weight[None], np.asarray(mixture.amplitudes, np.float32)[None],
           np.asarray(mixture.covariances, np.float32)[None])
   jitted = fn(*args)

@@ -87,3 +87,10 @@ def test_plot_image_grid(tmp_path):
   assert_png(plots.plot_image_grid(images.astype(np.float32), titles, tmp_path / "grid.png", columns=5))
   with pytest.raises(ValueError):
     plots.plot_image_grid(images, titles[:3], tmp_path / "bad.png")
+
+
+def test_plot_training_curves_one_panel_per_quantity(tmp_path):
+  history = [{"step": s, "total": 100.0 / s, "kl": 0.1 * s, "grad_norm": 1.0, "images_per_second": 900.0}
+             for s in range(10, 110, 10)]
+  path = plots.plot_training_curves(history, tmp_path / "c.png", title="stage 'vae'")
+  assert path.stat().st_size > 5000

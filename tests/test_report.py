@@ -66,3 +66,14 @@ def test_format_number():
   assert report.format_number(np.float32(0.5)) == "0.5000"
   assert report.format_number(np.int64(7)) == "7"
   assert report.format_number(None) == "n/a" and report.format_number(math.nan) == "n/a"
+
+
+def test_training_curves_get_their_own_section(tmp_path):
+  (tmp_path / "plots").mkdir()
+  (tmp_path / "plots" / "curves_ae.png").write_bytes(b"png")
+  path = report.write_report(tmp_path, {}, {}, "cfg", curves={"training curves: ae": "plots/curves_ae.png",
+                                                              "training curves: vae": "plots/curves_vae.png"})
+  text = path.read_text()
+  section = text[text.index("## Training curves"):text.index("## Config")]
+  assert "![training curves: ae](plots/curves_ae.png)" in section
+  assert "(missing: `plots/curves_vae.png` was not written)" in section

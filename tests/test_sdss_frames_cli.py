@@ -63,3 +63,15 @@ def test_cli_detection_mode_and_module_entry(sparse, tmp_path, monkeypatch):
   result = subprocess.run([sys.executable, "-m", "stargal_jax.sdss_frames", "--help"], capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0 and "--positions" in result.stdout
+
+
+def test_a_bad_field_is_one_line_and_exit_status_2(tmp_path, capsys):
+  from sdss_helpers import write_synthetic_frame
+  for band in "ugriz":
+    write_synthetic_frame(tmp_path / "field", band, seed=1)
+  broken = next((tmp_path / "field").glob("frame-i-*"))
+  broken.write_bytes(broken.read_bytes()[:100])
+  assert sf.main(["--field", str(tmp_path / "field"), "--out", str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {broken}: not a readable bzip2") and err.count("\n") == 1
+  assert not (tmp_path / "out").exists()

@@ -28,3 +28,39 @@ def test_alignment_on_held_out_sources(crowded):
   isolated = isolated_point_sources(aligned, held_out)
   images, noise, _ = sf.cut_cutouts(aligned, np.c_[isolated["x"], isolated["y"]])
   check_centred(images, noise, ("g", "r", "i", "z"), min_stars=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14 (Why 3): a band whose alignment matches no source is an error; a band with few matches is flagged.
+
+from sdss_helpers import SYNTHETIC_STARS, write_synthetic_frame  # noqa: E402
+
+
+def _synthetic_field(folder, **per_band):
+  """Five synthetic frames of one field, all bands seeing the same 24 stars through the same WCS, except where
+  `per_band[band]` gives other arguments of `synthetic_frame_hdus`."""
+  for i, band in enumerate("ugriz"):
+    write_synthetic_frame(folder, band, seed=i, **per_band.get(band, {}))
+  return folder
+
+
+def test_a_synthetic_field_aligns_every_band_from_its_sources(tmp_path):
+  field = sf.load_field(_synthetic_field(tmp_path))
+  assert field.alignment == {"u": "measured from 24 sources", "g": "measured from 24 sources", "r": "reference",
+                             "i": "measured from 24 sources", "z": "measured from 24 sources"}
+  for band in "ugiz":  # the same WCS and the same stars: no offset to within the centroid noise
+    assert np.hypot(*field.offsets[band]) < 0.05
+
+
+def test_a_band_whose_wcs_matches_no_source_is_an_error_naming_its_file(tmp_path):
+  """Before: the band kept offset (0, 0) with n_matched 0, nothing flagged, and its cutouts missed the objects."""
+  _synthetic_field(tmp_path, g=dict(crpix_shift=(20.0, -15.0)))
+  with pytest.raises(sf.FrameError, match=r"frame-g-001035-6-0017\.fits\.bz2: none of the 24 bright r-band sources"):
+    sf.load_field(tmp_path)
+  assert sf.load_field(tmp_path, refine_alignment=False).alignment["g"].startswith("WCS only")  # on purpose
+
+
+def test_a_band_with_few_matches_keeps_its_wcs_flagged(tmp_path):
+  field = sf.load_field(_synthetic_field(tmp_path, u=dict(stars=SYNTHETIC_STARS[:4])))
+  assert field.alignment["u"] == "WCS only: 4 sources matched, fewer than 10"
+  assert field.offsets["u"] == (0.0, 0.0) and field.n_matched["u"] == 0

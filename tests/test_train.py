@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from stargal_jax import losses, models, train
+from stargal_jax import checkpoint_checksums, losses, models, train
 
 
 def _train_config(steps, checkpoint_every=4):
@@ -200,3 +200,80 @@ def test_batches_ahead_raises_the_loaders_error():
 
   with pytest.raises(OSError, match="disk gone"):
     list(train.batches_ahead(batch_for_step, 0, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14 (Why 5): checkpoints carry checksums; a corrupt latest step falls back to the newest intact one.
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+
+
+def _step_files(step_dir):
+  """The data files of an orbax step (largest first): where corruption does harm."""
+  files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != checkpoint_checksums.CHECKSUM_FILE]
+  return sorted(files, key=lambda p: -p.stat().st_size)
+
+
+def test_every_saved_step_records_the_sha256_of_each_of_its_files(tmp_path):
+  train.train(_model(), _train_config(8), LOSS, OPTIONS, _batch_for_step(_codes()), jax.random.key(1),
+              tmp_path / "k", "k")
+  steps = sorted(p for p in (tmp_path / "k").iterdir() if p.name.isdigit())
+  assert [p.name for p in steps] == ["4", "8"]
+  for step_dir in steps:
+    recorded = json.loads((step_dir / checkpoint_checksums.CHECKSUM_FILE).read_text())["files"]
+    by_hand = {p.relative_to(step_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in _step_files(step_dir)}
+    assert recorded == by_hand and len(by_hand) >= 2
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zero(path):
+  path.write_bytes(bytes(path.stat().st_size))
+
+
+def _flip_one_bit(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x10
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _zero, _flip_one_bit], ids=["truncated", "zeroed", "one_bit"])
+def test_a_corrupt_latest_step_falls_back_to_the_newest_intact_one(tmp_path, capsys, damage):
+  """Training continues from the intact step and ends exactly where an uninterrupted run does."""
+  codes, key = _codes(), jax.random.key(1)
+  full = train.train(_model(), _train_config(12), LOSS, OPTIONS, _batch_for_step(codes), key, tmp_path / "a", "a")
+  train.train(_model(), _train_config(8), LOSS, OPTIONS, _batch_for_step(codes), key, tmp_path / "b", "b")
+  damage(_step_files(tmp_path / "b" / "8")[0])
+  capsys.readouterr()
+  resumed = train.train(_model(), _train_config(12), LOSS, OPTIONS, _batch_for_step(codes), key, tmp_path / "b", "b")
+  out = capsys.readouterr().out
+  assert "step 8" in out and "corrupt" in out and "resuming from step 4" in out
+  assert "resumed from checkpoint at step 4" in out
+  np.testing.assert_array_equal(_flat(full.params), _flat(resumed.params))
+
+
+def test_no_intact_checkpoint_is_a_clear_error_naming_the_directory(tmp_path):
+  codes = _codes()
+  train.train(_model(), _train_config(8), LOSS, OPTIONS, _batch_for_step(codes), jax.random.key(1), tmp_path / "n",
+              "n")
+  for step in ("4", "8"):
+    _flip_one_bit(_step_files(tmp_path / "n" / step)[0])
+  with pytest.raises(train.CheckpointError, match=rf"{tmp_path / 'n'}: no intact checkpoint \(step 8: .*step 4: "):
+    train.train(_model(), _train_config(12), LOSS, OPTIONS, _batch_for_step(codes), jax.random.key(1),
+                tmp_path / "n", "n")
+  with pytest.raises(train.CheckpointError, match=r"final checkpoint \(step 8\) is corrupt"):
+    train.restore(_model(), _train_config(8), LOSS, OPTIONS, tmp_path / "n")
+
+
+def test_the_non_finite_stop_names_what_describes_the_failing_batch(tmp_path):
+  """The trainer knows no data: the batch source's `describe(step)` names the inputs of the diverging batch."""
+  batches = _batch_for_step(_codes(), poison_step=5)
+  source = lambda step: batches(step)
+  source.describe = lambda step: f"rows of step {step}"
+  with pytest.raises(train.TrainingDiverged, match=r"step 5 .*rows of step 5") as error:
+    train.train(_model(), _train_config(8), LOSS, OPTIONS, source, jax.random.key(1), tmp_path / "d", "d")
+  assert error.value.step == 5

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from stargal_jax import metrics
-from stargal_jax.classify import manifold, supervised_reference
+from stargal_jax.classify import manifold, scoring, supervised_reference
 from stargal_jax.data.formats import CLASS_CODES
 
 # The per-seed numbers a seed study summarises (mean, std, min, max, 95% t-interval).
@@ -57,7 +57,7 @@ def supervised_cnn(config, inputs, measurements: dict, workdir: Path) -> dict:
 def consensus_metrics(evaluations: list[dict], is_galaxy, star_fraction: float, r_mag, mag_bins) -> dict:
   """The study's consensus: every seed's label-free oriented score turned into ranks and averaged, then scored
   like one run. Answers "what does the whole study say", beside the per-seed spread."""
-  ranks = np.mean([np.argsort(np.argsort(e["score"])) / (len(e["score"]) - 1) for e in evaluations], axis=0)
+  ranks = scoring.consensus_score([e["score"] for e in evaluations])
   return metrics.classification_metrics(is_galaxy, ranks, star_fraction, r_mag, mag_bins)
 
 

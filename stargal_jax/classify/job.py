@@ -82,7 +82,7 @@ def _classify(config, inputs: inputs_lib.Inputs, workdir: Path, out_dir: Path) -
   extra["wall_seconds"] = time.perf_counter() - t0
   out = outputs.write_outputs(out_dir, evaluations, latents_per_seed, inputs.labelled, measurements, star_fraction,
                               mag_bins, extra, config.to_json_best_effort(indent=2),
-                              make_plots=config.eval.plots and distributed.is_writer())
+                              make_plots=config.eval.plots and distributed.is_writer(), config=config)
   base = {k: round(v["auc"], 4) for k, v in out["baselines"].items()}
   if "supervised_cnn" in out:
     base = f"{base} | supervised CNN {out['supervised_cnn']['auc']:.4f}"

@@ -1,5 +1,11 @@
 """A classification run's outputs, written once (one seed or a seed study): `metrics.json` (headline numbers at
-top level), `predictions.npz`, `latents.npz`, `plots/`, `report.md`.
+top level), `predictions.npz`, `latents.npz`, `catalogue.fits`, `plots/`, `report.md`.
+
+`catalogue.fits` is the labelled set's catalogue (`stargal_jax.catalogue`), row for row as predictions.npz: the
+score, its rank quantile, the class, per-seed columns of a study, the magnitudes and classical indices, the
+non-finite-pixel flag, and the labels as clearly named evaluation columns (`eval_label`, `eval_z`). `predict`
+writes the same columns (without the evaluation labels) for new data: `classification_columns` and
+`measurement_columns` make them for both.
 
 A seed study (S > 1) writes seed 0's full numbers, figures and per-magnitude tables, plus every seed's numbers
 and their summary, predictions with a leading seed axis, every seed's latents (a new scoring rule can be
@@ -13,9 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stargal_jax import metrics, plots, report
-from stargal_jax.classify import evaluate
+from stargal_jax import catalogue, curves, metrics, plots, report
+from stargal_jax.classify import evaluate, pipelines, scoring
 from stargal_jax.data.formats import CLASS_CODES
+
+CATALOGUE_FILE = "catalogue.fits"
+# catalogue column <- image measurement (`scoring.image_measurements`): magnitudes and the raw classical indices
+MEASUREMENT_COLUMNS = {"r_mag": "r_mag", "mag_u": "mag_u", "mag_g": "mag_g", "mag_i": "mag_i", "mag_z": "mag_z",
+                       "concentration": "index_concentration_index", "psf_minus_extended": "index_psf_minus_extended",
+                       "psf_minus_cmodel": "index_sdss_psf_minus_cmodel",
+                       "psf_minus_cmodel_signif": "index_sdss_psf_minus_cmodel_significance"}
 
 HEADLINE = ("auc", "auc_best_sign", "accuracy", "galaxy_purity_at_96_completeness", "star_completeness_at_97_purity")
 
@@ -61,10 +74,53 @@ def write_plots(workdir: Path, evaluation: dict, latents: np.ndarray, labels: np
   return {k: str(Path(v).relative_to(workdir)) for k, v in paths.items()}
 
 
+def classification_columns(score, pred, star_fraction: float) -> dict[str, np.ndarray]:
+  """Catalogue columns of label-free scores `score` and classes `pred`, (N,) for one run or (S, N) for a seed study:
+  `score`, `score_quantile` and `class`; a study's are the consensus (mean rank, `scoring.consensus_score`, classed
+  at the prior threshold), followed by every seed's own `score_sNNN` and `class_sNNN`."""
+  score, pred = np.asarray(score, np.float64), np.asarray(pred)
+  if score.ndim == 1:
+    return {"score": score, "score_quantile": scoring.rank_quantile(score), "class": pred}
+  consensus = scoring.consensus_score(score)
+  columns = {"score": consensus, "score_quantile": scoring.rank_quantile(consensus),
+             "class": metrics.prior_threshold_predictions(consensus, star_fraction)}
+  for s in range(len(score)):
+    columns[catalogue.seed_column("score", s)] = score[s]
+    columns[catalogue.seed_column("class", s)] = pred[s]
+  return columns
+
+
+def measurement_columns(measurements: dict) -> dict[str, np.ndarray]:
+  """Catalogue columns of the label-free image measurements (`MEASUREMENT_COLUMNS`, those present)."""
+  return {column: measurements[key] for column, key in MEASUREMENT_COLUMNS.items() if key in measurements}
+
+
+def write_run_catalogue(workdir: Path, evaluations: list[dict], labelled_store, measurements: dict,
+                        config, data_source: str) -> Path:
+  """`catalogue.fits` of the labelled set, in predictions.npz's row order, with the evaluation labels."""
+  n = len(labelled_store)
+  stack = (lambda key: np.stack([e[key] for e in evaluations])) if len(evaluations) > 1 else (
+      lambda key: evaluations[0][key])
+  names = {code: name for name, code in CLASS_CODES.items()}
+  columns = {"id": np.arange(1, n + 1), "objID": np.asarray(labelled_store.index["objID"]),
+             **classification_columns(stack("score"), stack("pred"), float(config.data.star_fraction)),
+             **measurement_columns(measurements)}
+  if labelled_store.files:  # the input files it was packed from hold the non-finite pixels
+    nonfinite = catalogue.nonfinite_pixels(labelled_store)
+    columns.update(n_nonfinite=nonfinite, flag_nonfinite=nonfinite > 0)
+  columns["flags"] = catalogue.flag_mask(columns)
+  columns["eval_label"] = [names.get(int(c), "NONE") for c in np.asarray(labelled_store.index["label"])]
+  columns["eval_z"] = np.asarray(labelled_store.index["z"])
+  header = catalogue.header_cards(workdir, config, data_source, n, extra=[
+      ("EVALSET", True, "the run's own labelled set: eval_* are its labels")])
+  return catalogue.write_catalogue(catalogue.make_table(columns, header), workdir / CATALOGUE_FILE)
+
+
 def write_outputs(workdir: Path, evaluations: list[dict], latents_per_seed: np.ndarray, labelled_store,
                   measurements: dict, star_fraction: float, mag_bins, extra_metrics: dict, config_text: str,
-                  make_plots: bool = True) -> dict:
-  """Writes every output of a run of S = len(evaluations) seeds once; returns the metrics written."""
+                  make_plots: bool = True, config=None) -> dict:
+  """Writes every output of a run of S = len(evaluations) seeds once; returns the metrics written. With the run's
+  `config`, also `catalogue.fits` (its header records the run)."""
   workdir = Path(workdir)
   labels = np.asarray(labelled_store.index["label"])
   object_ids = np.asarray(labelled_store.index["objID"])
@@ -83,8 +139,15 @@ def write_outputs(workdir: Path, evaluations: list[dict], latents_per_seed: np.n
   np.savez(workdir / "predictions.npz", objID=object_ids, score=stack("score").astype(np.float32),
            pred=stack("pred").astype(np.int8))
   np.savez(workdir / "latents.npz", objID=object_ids, **latent_arrays, label=labels, r_mag=measurements["r_mag"])
+  if config is not None:
+    write_run_catalogue(workdir, evaluations, labelled_store, measurements, config,
+                        str(extra_metrics.get("data_source", "")))
   plot_paths: dict[str, str] = {}
+  curve_paths: dict[str, str] = {}
   if make_plots:
+    # A seed_scope='all' study trains (and records) every seed in its own folder: the report shows seed 0's.
+    history_root = workdir if curves.recorded_stages(workdir) else pipelines.seed_dir(workdir, 0)
+    curve_paths = curves.write_curve_figures(workdir, history_root)
     plot_paths = write_plots(workdir, evaluations[0], latents_per_seed[0], labels, measurements)
     if num_seeds > 1:
       plots.plot_seed_distribution({"AUC (label-free)": out["auc_per_seed"],
@@ -94,5 +157,5 @@ def write_outputs(workdir: Path, evaluations: list[dict], latents_per_seed: np.n
   title = f"stargal_jax: {first.get('pipeline', 'evaluation')}"
   if num_seeds > 1:
     title += f", {num_seeds} seeds (plots and per-magnitude tables: seed 0)"
-  report.write_report(workdir, metrics.to_json_safe(rows), plot_paths, config_text, title=title)
+  report.write_report(workdir, metrics.to_json_safe(rows), plot_paths, config_text, title=title, curves=curve_paths)
   return out

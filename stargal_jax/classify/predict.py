@@ -46,10 +46,11 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
 
 
-def load_run(workdir: str | Path) -> TrainedRun:
-  """Restores a finished classification run written by `experiment.run(config, workdir)`."""
+def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = None) -> TrainedRun:
+  """Restores a finished classification run written by `experiment.run(config, workdir)`; `config` for a
+  classification written inside another job's folder without a config.json of its own (seg_cvae's `masked/`)."""
   workdir = Path(workdir)
-  config = load_config(workdir)
+  config = load_config(workdir) if config is None else config
   names = registry.lookup(pipelines.PIPELINES, config.pipeline,
                           f"classification pipeline (in {workdir / 'config.json'})").encoder
   normalizer = normalization.load_normalizer(workdir / "normalizer.json")
@@ -64,6 +65,19 @@ def load_run(workdir: str | Path) -> TrainedRun:
   roots = [workdir] if num_seeds == 1 else [pipelines.seed_dir(workdir, s) for s in range(num_seeds)]
   seeds = [{name: restore(root, name) for name in names} for root in roots]
   return TrainedRun(workdir, config, normalizer, seeds, seed_axis=False)
+
+
+# The fewest objects a set may have to be scored: the orientation is a rank correlation with the set's extendedness
+# and the threshold its star_fraction quantile, so both ends need a population (50 objects at the default prior
+# 0.3 give 15 point-like ones); the set's own PSF comes from its brightest 30% (morphology takes at least 20).
+MIN_OBJECTS = 50
+
+
+def check_set_size(n: int, what: str) -> None:
+  """Refuses a set too small to orient and threshold its score (MIN_OBJECTS), naming it."""
+  if n < MIN_OBJECTS:
+    raise ValueError(f"{what}: {n} objects; the score is fitted on the set itself (orientation, prior threshold) "
+                     f"and needs at least {MIN_OBJECTS}: score a whole field or sample at once")
 
 
 class ImageArray:
@@ -115,12 +129,13 @@ def score_cutouts(workdir_or_run: str | Path | TrainedRun, images, batch_size: i
 
   `images`: raw (N, 5, 64, 64) nanomaggies or a data store (`stargal_jax.data.open_dataset`). Returns
   `latents` (N, d), `score` (N,) (larger = galaxy), `pred` (N,) (1 galaxy, 0 point-like), `orientation_sign`,
-  `threshold`, and the label-free image measurements the run reports beside them (`r_mag`, `extendedness`,
-  `baseline_concentration`, `baseline_psf_minus_extended`). A seed study adds a leading seed axis to
-  `latents`, `score`, `pred`, `orientation_sign` and `threshold`.
+  `threshold`, and the label-free image measurements the run reports beside them (`scoring.image_measurements`:
+  `r_mag`, `extendedness`, `baseline_*`, `index_*`, ...). A seed study adds a leading seed axis to `latents`, `score`,
+  `pred`, `orientation_sign` and `threshold`. Refuses sets of fewer than MIN_OBJECTS objects.
   """
   run = workdir_or_run if isinstance(workdir_or_run, TrainedRun) else load_run(workdir_or_run)
   source = _as_source(images)
+  check_set_size(len(source), "the cutouts to score")
   latents = encode(run, source, batch_size)
   measurements = scoring.image_measurements(source)
   scored = [scoring.score_latents(z, measurements, run.config, seed=int(run.config.seed) + s)

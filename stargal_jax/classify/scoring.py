@@ -14,20 +14,26 @@ from typing import Any, Callable
 
 import numpy as np
 
-from stargal_jax import metrics, morphology, registry
+from stargal_jax import BANDS, metrics, morphology, registry
 from stargal_jax.classify import manifold
 
 ScoreMethod = Callable[[np.ndarray, Any, int, dict], np.ndarray]
 
 
 def image_measurements(store, chunk: int = 2048) -> dict[str, np.ndarray]:
-  """Label-free measurements on the raw images (r magnitude, extendedness, classical baseline scores), chunked
-  so that a full-size store is never read into memory at once."""
+  """Label-free measurements on the raw images, chunked so that a full-size store is never read into memory at
+  once: `r_mag` and `mag_<band>` (7.4" aperture magnitudes), `extendedness`, the classical baselines' scores
+  (`baseline_<name>`) and the physical indices behind them, NaN where undefined (`index_<name>`, for catalogues)."""
   parts: dict[str, list[np.ndarray]] = {}
   for start in range(0, len(store), chunk):
     images = store.read(np.arange(start, min(start + chunk, len(store))))
-    values = {"r_mag": morphology.r_magnitude(images), "extendedness": morphology.extendedness(images)}
-    values.update({f"baseline_{k}": v for k, v in morphology.classical_baseline_scores(images).items()})
+    indices = morphology.classical_indices(images)
+    baselines = morphology.baseline_scores_from_indices(indices)
+    # extendedness is the psf_minus_extended baseline (the same function of the same images): not measured twice.
+    values = {"r_mag": morphology.r_magnitude(images), "extendedness": baselines["psf_minus_extended"]}
+    values.update({f"mag_{b}": morphology.r_magnitude(images, band=BANDS.index(b)) for b in BANDS if b != "r"})
+    values.update({f"baseline_{k}": v for k, v in baselines.items()})
+    values.update({f"index_{k}": v for k, v in indices.items()})
     for k, v in values.items():
       parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
   return {k: np.concatenate(v) for k, v in parts.items()}
@@ -75,6 +81,17 @@ def orient_and_threshold(raw: np.ndarray, measurements: dict, star_fraction: flo
   score, sign = metrics.orient_score(raw, measurements["extendedness"])
   return {"score": score, "pred": metrics.prior_threshold_predictions(score, star_fraction),
           "orientation_sign": int(sign), "threshold": float(np.quantile(score, star_fraction))}
+
+
+def rank_quantile(score: np.ndarray) -> np.ndarray:
+  """(N,) rank of each score within the set over N - 1: 0 the lowest (most point-like), 1 the highest."""
+  score = np.asarray(score, dtype=np.float64)
+  return np.argsort(np.argsort(score, kind="stable")) / max(len(score) - 1, 1)  # ties: in row order
+
+
+def consensus_score(scores: np.ndarray) -> np.ndarray:
+  """A seed study's consensus: every seed's oriented score (S, N) as rank quantiles, averaged over the seeds."""
+  return np.mean([rank_quantile(s) for s in np.asarray(scores)], axis=0)
 
 
 def score_latents(latents: np.ndarray, measurements: dict, config, seed: int) -> dict[str, Any]:

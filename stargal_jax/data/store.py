@@ -268,6 +268,7 @@ def exclusive_lock(path: str | os.PathLike, purpose: str, notify: Callable[[str]
   try:
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "purpose": purpose}
+    os.ftruncate(fd, 0)  # a killed holder's longer record would otherwise trail this one
     os.pwrite(fd, json.dumps(holder).encode(), 0)
     yield True
   finally:

@@ -25,7 +25,7 @@ from stargal_jax.losses.terms import (MMD_SCALES, aw, aw_star, bce, dkl, dkl_aut
                                       kl_to_bimodal_authors, l2_density_distance, mmd, mmd_imq, pw, pw_star,
                                       recon_mse, recon_nll, sc)
 
-__all__ = ["DEFAULT_M", "DEFAULT_S", "GP_WEIGHT", "LOSS_TERMS", "MMD_SCALES", "PRIORS", "STATEFUL_TERMS", "Array",
+__all__ = ["DEFAULT_M", "DEFAULT_S", "GP_WEIGHT", "LABEL_TERMS", "LOSS_TERMS", "MMD_SCALES", "PRIORS", "STATEFUL_TERMS", "Array",
            "LossFn", "LossTerm", "StatefulTerm", "adversarial", "aw", "aw_star", "bce", "critic_apply", "critic_loss",
            "critic_term", "dkl", "dkl_authors", "gradient_penalty", "init_critic", "interpolate", "kl",
            "kl_to_bimodal", "kl_to_bimodal_authors", "l2_density_distance", "make_loss_fn", "mmd", "mmd_imq", "pw",
@@ -47,6 +47,8 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "adversarial": adversarial,
     "bce": bce,  # last: the terms above keep their PRNG keys
 }
+# Terms that read the batch's 'label' (B,) beside its images (the classifier stages' pseudo- or true labels).
+LABEL_TERMS: frozenset[str] = frozenset({"bce"})
 # Terms with state of their own: name -> builder(options, latent_dim, learning_rate) -> StatefulTerm.
 STATEFUL_TERMS: dict[str, Callable[..., StatefulTerm]] = {"adversarial": critic_term}
 

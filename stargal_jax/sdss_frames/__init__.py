@@ -43,12 +43,12 @@ from stargal_jax.sdss_frames.field import (Field, detect_sources, find_frame_fil
                                            native_positions, r_pixels_to_sky, r_to_band_pixels, sky_to_r_pixels)
 from stargal_jax.sdss_frames.frames import (APERTURE_RADIUS, COORD_KINDS, CUTOUT_SIZE, DETECT_MINAREA, DETECT_SNR,
                                             DETECT_THRESH_SIGMA, REFERENCE_BAND, SATURATION_COUNTS, SDSS_DARK_VARIANCE,
-                                            SDSS_GAIN, SOURCE_DTYPE, WINDOW_SIGMA, Frame, noise_map, read_frame,
-                                            sdss_dark_variance, sdss_gain, sky_image)
+                                            SDSS_GAIN, SOURCE_DTYPE, WINDOW_SIGMA, Frame, FrameError, noise_map,
+                                            read_frame, sdss_dark_variance, sdss_gain, sky_image)
 
 __all__ = ["APERTURE_RADIUS", "COORD_KINDS", "CUTOUT_SIZE", "DETECT_MINAREA", "DETECT_SNR", "DETECT_THRESH_SIGMA",
            "LABEL_COLUMNS", "REFERENCE_BAND", "SATURATION_COUNTS", "SDSS_DARK_VARIANCE", "SDSS_GAIN", "SOURCE_DTYPE",
-           "WINDOW_SIGMA", "Field", "Frame", "central_aperture_flux", "cut_cutouts", "cutout_offsets",
+           "WINDOW_SIGMA", "Field", "Frame", "FrameError", "central_aperture_flux", "cut_cutouts", "cutout_offsets",
            "detect_frame_sources", "detect_sources", "find_frame_files", "load_field", "main", "measure_band_offsets",
            "native_positions", "noise_map", "plot_cutouts", "r_pixels_to_sky", "r_to_band_pixels", "read_frame",
            "read_positions_csv", "resample", "sdss_dark_variance", "sdss_gain", "sky_image", "sky_to_r_pixels"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +16,7 @@ from stargal_jax import BANDS
 from stargal_jax.data import formats
 from stargal_jax.sdss_frames.cutouts import cut_cutouts, cutout_offsets, plot_cutouts
 from stargal_jax.sdss_frames.field import detect_sources, load_field
-from stargal_jax.sdss_frames.frames import APERTURE_RADIUS, DETECT_SNR
+from stargal_jax.sdss_frames.frames import APERTURE_RADIUS, DETECT_SNR, FrameError
 
 
 LABEL_COLUMNS = ("objID", "class", "z")
@@ -103,11 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.per_file < 1:
     parser.error("--per-file must be >= 1")
 
-  field = load_field(args.field, refine_alignment=not args.no_refine)
-  labels = None
-  if args.positions:
-    positions, coords, labels = read_positions_csv(args.positions)
-  else:
+  try:  # a bad frame, field or CSV: one line naming the file
+    field = load_field(args.field, refine_alignment=not args.no_refine)
+    labels = None
+    if args.positions:
+      positions, coords, labels = read_positions_csv(args.positions)
+  except (FrameError, FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  flagged = {band: how for band, how in field.alignment.items() if how.startswith("WCS only")}
+  if flagged and not args.no_refine:
+    print(f"warning: {field.name}: bands aligned by their WCS alone (flagged in alignment.json): "
+          + "; ".join(f"{band}: {how}" for band, how in flagged.items()), file=sys.stderr)
+  if not args.positions:
     sources = detect_sources(field, snr=args.detect_snr)
     positions, coords = np.stack([sources["x"], sources["y"]], axis=1), "pixel"
   images, noise, meta = cut_cutouts(field, positions, coords=coords, centre=args.centre)
@@ -133,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        f"{meta['dec'][k]:.8f}"] + label_cells + [int(meta["n_nan"][k]), file, record,
                                                                noise_row.get(k, -1)])
   with open(out / "alignment.json", "w") as handle:
-    alignment = {"field": field.name, "offsets_band_pixels": field.offsets, "n_matched": field.n_matched}
+    alignment = {"field": field.name, "offsets_band_pixels": field.offsets, "n_matched": field.n_matched,
+                 "alignment": field.alignment, "wcs_only_bands": sorted(flagged)}
     json.dump(alignment, handle, indent=1)
   if args.figure and len(kept):
     fluxes = central_aperture_flux(images[kept][:, BANDS.index("r")], centre=args.centre)

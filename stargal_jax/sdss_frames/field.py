@@ -1,5 +1,14 @@
 """A field: the five frames of one run-camcol-field with their WCS, aligned to the r-band pixel grid by measured
-per-band offsets; sources detected on its r band."""
+per-band offsets; sources detected on its r band.
+
+Alignment policy. A band none of whose bright r-band sources (at least `min_matches` of them) finds a
+counterpart on its own frame through the WCS has a wrong WCS or is a frame of somewhere else: `load_field`
+refuses the field (FrameError naming the file; `refine_alignment=False`, the CLI's `--no-refine`, cuts with the
+WCS alone on purpose). A band with some matches but fewer than `min_matches` (a sparse u band, say; on the eight
+real fields every band matched at least 31) keeps the WCS alone, flagged in `Field.alignment` and
+alignment.json: the WCS between bands is off by under 1 px there (measured), so its cutouts remain usable, and
+the flag says they were not refined.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ from stargal_jax import BANDS, registry
 from stargal_jax.sdss_frames.detect import detect_frame_sources, extract_objects, windowed_centroids
 from stargal_jax.sdss_frames.frames import (APERTURE_RADIUS, CUTOUT_SIZE, DETECT_MINAREA, DETECT_SNR,
                                             DETECT_THRESH_SIGMA, FRAME_NAME, REFERENCE_BAND, SATURATION_COUNTS,
-                                            Frame, read_frame)
+                                            Frame, FrameError, read_frame)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -24,6 +33,7 @@ class Field:
   frames: dict[str, Frame]  # band -> Frame, in BANDS order
   offsets: dict[str, tuple[float, float]]  # band -> (dx, dy) added to WCS-mapped band pixel coordinates
   n_matched: dict[str, int]  # band -> number of sources the offset was measured from (0: not measured)
+  alignment: dict[str, str] = dataclasses.field(default_factory=dict)  # band -> how it is aligned (see above)
 
   @property
   def reference(self) -> Frame:
@@ -118,21 +128,48 @@ def find_frame_files(field_dir: str | Path) -> dict:
   return {b: found[b][0] for b in BANDS}
 
 
+def _alignment(frames: dict, stars: np.ndarray, raw_matches: dict, min_matches: int, files: dict) -> dict[str, str]:
+  """How each band is aligned (the policy in the module docstring); FrameError for a band that matched none."""
+  status = {REFERENCE_BAND: "reference"}
+  for band in frames:
+    if band == REFERENCE_BAND:
+      continue
+    n = raw_matches[band]
+    if len(stars) < min_matches:
+      status[band] = f"WCS only: {len(stars)} bright r-band sources, fewer than {min_matches} to measure an offset"
+    elif n == 0:
+      raise FrameError(f"{files[band]}: none of the {len(stars)} bright r-band sources has a counterpart within 3 px "
+                       f"on this {band} frame through the WCS: its WCS is wrong or it is a frame of another field "
+                       f"(--no-refine cuts with the WCS alone)")
+    elif n < min_matches:
+      status[band] = f"WCS only: {n} sources matched, fewer than {min_matches}"
+    else:
+      status[band] = f"measured from {n} sources"
+  return status
+
+
 def load_field(field_dir: str | Path, refine_alignment: bool = True, min_matches: int = 10) -> Field:
-  """Reads the five frames of a field; measures each band's alignment offset from matched sources."""
+  """Reads the five frames of a field; measures each band's alignment offset from matched sources (see the
+  module docstring for a band that matches none or few)."""
   field_dir = Path(field_dir)
-  frames = {band: read_frame(path) for band, path in find_frame_files(field_dir).items()}
+  files = find_frame_files(field_dir)
+  frames = {band: read_frame(path) for band, path in files.items()}
   ids = {(f.run, f.camcol, f.field) for f in frames.values()}
   if len(ids) != 1:
-    raise ValueError(f"{field_dir}: frames from different fields {sorted(ids)}")
+    raise FrameError(f"{field_dir}: frames from different fields {sorted(ids)}")
   offsets = {b: (0.0, 0.0) for b in BANDS}
   n_matched = {b: 0 for b in BANDS}
+  alignment = {b: "reference" if b == REFERENCE_BAND else "WCS only: not refined (refine_alignment=False)"
+               for b in BANDS}
   if refine_alignment:
     stars = detect_frame_sources(frames[REFERENCE_BAND], snr=20.0)
-    measured, counts = measure_band_offsets(frames, stars["x"], stars["y"], min_matches=min_matches)
+    native = {band: native_positions(frame) for band, frame in frames.items() if band != REFERENCE_BAND}
+    measured, counts = measure_band_offsets(frames, stars["x"], stars["y"], min_matches=min_matches, native=native)
+    raw = measure_band_offsets(frames, stars["x"], stars["y"], min_matches=1, native=native)[1]  # below the bar too
+    alignment = _alignment(frames, stars, raw, min_matches, files)
     offsets.update(measured)
     n_matched.update(counts)
-  return Field(name=field_dir.name, frames=frames, offsets=offsets, n_matched=n_matched)
+  return Field(name=field_dir.name, frames=frames, offsets=offsets, n_matched=n_matched, alignment=alignment)
 
 
 def detect_sources(field: Field, snr: float = DETECT_SNR, thresh: float = DETECT_THRESH_SIGMA,

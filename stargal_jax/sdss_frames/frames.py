@@ -1,5 +1,10 @@
 """One SDSS frame file read: image, calibration, sky model and per-pixel noise (see the package docstring for
-the data model and the noise recipe); the gain and dark-variance tables; detection and cutout constants."""
+the data model and the noise recipe); the gain and dark-variance tables; detection and cutout constants.
+
+A frame is checked as it is read, and any problem raises `FrameError` (one line naming the file): an unreadable
+bzip2 or FITS file (truncated, garbage), missing HDUs, a missing or invalid band/run/camcol header, a file name
+that disagrees with them, and a missing or unusable WCS (an identity WCS would map RA/Dec degrees to pixels and
+cut the wrong place)."""
 
 from __future__ import annotations
 
@@ -88,6 +93,16 @@ COORD_KINDS = ("pixel", "sky")
 FRAME_NAME = re.compile(r"frame-([ugriz])-(\d{6})-(\d)-(\d{4})\.fits(\.bz2)?$")
 
 
+# The WCS a frame must carry: axis types, reference point and pixel, and the linear transform (CD, or PC/CDELT).
+WCS_KEYWORDS = ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2")
+WCS_MATRICES = (("CD1_1", "CD1_2", "CD2_1", "CD2_2"), ("CDELT1", "CDELT2"))
+SKY_COLUMNS = ("ALLSKY", "XINTERP", "YINTERP")
+
+
+class FrameError(ValueError):
+  """A frame file (or a field of them) that cannot give correct cutouts; the message names the file."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Frame:
   """One calibrated SDSS frame: image and noise in nanomaggies, sky in counts, its own WCS."""
@@ -164,34 +179,96 @@ def noise_map(image: np.ndarray, calib: np.ndarray, sky: np.ndarray, gain: float
   return (calib2d * np.sqrt(var_counts)).astype(np.float32)
 
 
-def read_frame(path: str | Path) -> Frame:
-  """Reads one SDSS frame file (plain or .bz2) in one pass and derives its sky and noise maps."""
-  path = Path(path)
-  with warnings.catch_warnings():
-    # The headers use the deprecated RADECSYS keyword; astropy fixes it and says so.
-    warnings.simplefilter("ignore", FITSFixedWarning)
+def _read_hdus(path: Path) -> tuple:
+  """(header, image, calib, allsky, xinterp, yinterp) of a frame file; FrameError when it cannot be read."""
+  try:
+    data = path.read_bytes()
     # Decompress once into memory: astropy's bz2 reader seeks backwards between HDUs, and every
     # backward seek decompresses the file again from the start.
-    raw = bz2.decompress(path.read_bytes()) if path.suffix == ".bz2" else path.read_bytes()
-    with fits.open(io.BytesIO(raw)) as hdul:
-      header = hdul[0].header.copy()
-      image = np.asarray(hdul[0].data, dtype=np.float32)
-      calib = np.asarray(hdul[1].data, dtype=np.float32)
-      sky_table = hdul[2].data
-      allsky = np.asarray(sky_table["ALLSKY"][0], np.float32)
-      xinterp = np.asarray(sky_table["XINTERP"][0], np.float64)
-      yinterp = np.asarray(sky_table["YINTERP"][0], np.float64)
-      wcs = WCS(header)
-  band = header["FILTER"].strip()
+    raw = bz2.decompress(data) if path.suffix == ".bz2" else data
+  except (OSError, EOFError, ValueError) as error:
+    if isinstance(error, FileNotFoundError):
+      raise
+    raise FrameError(f"{path}: not a readable bzip2-compressed file ({error})") from None
+  with warnings.catch_warnings():
+    # The headers use the deprecated RADECSYS keyword; astropy fixes it and says so. A truncated file is only
+    # warned about by astropy: it is an error here.
+    warnings.simplefilter("ignore", FITSFixedWarning)
+    warnings.filterwarnings("error", message=".*truncated.*")
+    try:
+      with fits.open(io.BytesIO(raw)) as hdul:
+        if len(hdul) < 3:
+          raise FrameError(f"{path}: {len(hdul)} HDU(s); a frame has the image, its calibration and its sky "
+                           f"model (HDUs 0-2)")
+        columns = getattr(hdul[2], "columns", None)
+        missing = [c for c in SKY_COLUMNS if columns is None or c not in columns.names]
+        if missing:
+          raise FrameError(f"{path}: HDU 2 (the sky model) lacks {', '.join(missing)}")
+        header = hdul[0].header.copy()
+        image = np.asarray(hdul[0].data, dtype=np.float32)
+        calib = np.asarray(hdul[1].data, dtype=np.float32)
+        sky_table = hdul[2].data
+        allsky = np.asarray(sky_table["ALLSKY"][0], np.float32)
+        xinterp = np.asarray(sky_table["XINTERP"][0], np.float64)
+        yinterp = np.asarray(sky_table["YINTERP"][0], np.float64)
+    except FrameError:
+      raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, UserWarning) as error:
+      raise FrameError(f"{path}: not a readable FITS frame ({str(error).splitlines()[0]})") from None
+  return header, image, calib, allsky, xinterp, yinterp
+
+
+def _identity(path: Path, header: fits.Header) -> tuple[str, int, int, int]:
+  """(band, run, camcol, field) from the headers and the file name, checked against each other."""
+  missing = [k for k in ("FILTER", "RUN", "CAMCOL") if k not in header]
+  if missing:
+    raise FrameError(f"{path}: header lacks {', '.join(missing)} (band, run, camcol)")
+  band = str(header["FILTER"]).strip()
+  try:
+    run, camcol = int(header["RUN"]), int(header["CAMCOL"])
+  except (TypeError, ValueError):
+    raise FrameError(f"{path}: RUN={header['RUN']!r}, CAMCOL={header['CAMCOL']!r} are not integers") from None
+  if band not in SDSS_GAIN[1] or camcol not in SDSS_GAIN or run < 1:
+    raise FrameError(f"{path}: FILTER={band!r} RUN={run} CAMCOL={camcol}: an SDSS frame has a band of "
+                     f"{''.join(SDSS_GAIN[1])}, a run >= 1 and a camcol of 1-6")
   # The field number comes from the file name: the header's FRAME is that CCD's own frame sequence
   # number, which differs between the bands of one field (they cross the sky at different times).
   match = FRAME_NAME.search(path.name)
-  run, camcol = int(header["RUN"]), int(header["CAMCOL"])
   field = int(match.group(4)) if match else -1
   if match and (match.group(1), int(match.group(2)), int(match.group(3))) != (band, run, camcol):
-    raise ValueError(f"{path}: file name disagrees with header FILTER={band!r} RUN={run} CAMCOL={camcol}")
-  if image.shape != (len(yinterp), len(xinterp)) or calib.shape != (image.shape[1],):
-    raise ValueError(f"{path}: inconsistent HDU shapes image {image.shape}, calib {calib.shape}, "
+    raise FrameError(f"{path}: file name disagrees with header FILTER={band!r} RUN={run} CAMCOL={camcol}")
+  return band, run, camcol, field
+
+
+def checked_wcs(path: Path, header: fits.Header) -> WCS:
+  """The frame's celestial WCS; FrameError naming the file when keywords are missing or it is unusable."""
+  missing = [k for k in WCS_KEYWORDS if k not in header]
+  if not any(all(k in header for k in keys) for keys in WCS_MATRICES):
+    missing.append("CD1_1..CD2_2 (or CDELT1, CDELT2 with PC)")
+  if missing:
+    raise FrameError(f"{path}: no usable WCS: the header lacks {', '.join(missing)}")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FITSFixedWarning)
+    try:
+      wcs = WCS(header, naxis=2)
+    except Exception as error:  # astropy raises several types for bad WCS values; wcslib's reason is its last line
+      reason = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+      raise FrameError(f"{path}: invalid WCS ({reason[-1]})") from None
+  matrix = np.asarray(wcs.pixel_scale_matrix, np.float64)
+  if not wcs.has_celestial or not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) == 0:
+    raise FrameError(f"{path}: no usable WCS: CTYPE1={header['CTYPE1']!r}, CTYPE2={header['CTYPE2']!r}, pixel "
+                     f"scale matrix {matrix.tolist()} (need celestial axes and a non-singular transform)")
+  return wcs
+
+
+def read_frame(path: str | Path) -> Frame:
+  """Reads one SDSS frame file (plain or .bz2) in one pass, checks it, and derives its sky and noise maps."""
+  path = Path(path)
+  header, image, calib, allsky, xinterp, yinterp = _read_hdus(path)
+  band, run, camcol, field = _identity(path, header)
+  wcs = checked_wcs(path, header)
+  if image.ndim != 2 or image.shape != (len(yinterp), len(xinterp)) or calib.shape != (image.shape[1],):
+    raise FrameError(f"{path}: inconsistent HDU shapes image {image.shape}, calib {calib.shape}, "
                      f"sky interpolation {len(yinterp)}x{len(xinterp)}")
   sky = sky_image(allsky, xinterp, yinterp)
   gain, dark_variance = sdss_gain(camcol, band, run), sdss_dark_variance(camcol, band, run)

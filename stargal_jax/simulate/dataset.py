@@ -6,8 +6,15 @@
   out_dir/truth/labelled_truth.npz, out_dir/truth/unlabelled_truth.npz  (no pickles)
   out_dir/manifest.json          parameters, simulator version, seed and counts
 into a temporary sibling folder renamed into place at the end. Each object's randomness comes from
-`SeedSequence(seed, spawn_key=(stream, index))`, so the output is byte-identical for a given seed
-whatever the number of worker processes.
+`SeedSequence(seed, spawn_key=(stream, index))` and its field's conditions from
+`SeedSequence(seed, spawn_key=(FIELD_STREAM, stream, index // objects_per_field))`, so the output is
+byte-identical for a given seed whatever the number of worker processes.
+
+A cutout is made as a real one is: the scene (the central object, its field neighbours and the faint
+background) is drawn on native pixel grids, one per band, observed with SDSS noise, and the central
+object is kept only if the r-band detection finds it with S/N >= detect_snr and unsaturated (otherwise
+a new object of the same kind is drawn); the cutout is then interpolated onto the r grid at the
+detection's windowed centroid (`render.resample_to_cutout`).
 """
 
 import dataclasses
@@ -25,7 +32,9 @@ from stargal_jax.data.formats import CLASS_CODES, write_labelled, write_unlabell
 from stargal_jax.simulate import params as P
 from stargal_jax.simulate import populations, render
 
-LABELLED_STREAM, UNLABELLED_STREAM, LAYOUT_STREAM = 0, 1, 2
+LABELLED_STREAM, UNLABELLED_STREAM, LAYOUT_STREAM, FIELD_STREAM = 0, 1, 2, 3
+PRESCREEN_FRACTION = 0.6
+MAX_ATTEMPTS = 400  # draws of a kind's object before giving up on detecting one (never reached in practice)
 CHUNK_OBJECTS = 64
 # SDSS objID bit layout (skyVersion 59-62, rerun 48-58, run 32-47, camcol 29-31, field 16-28,
 # object 0-15). Simulated IDs use rerun 301, a run derived from the seed, the object's camcol,
@@ -35,43 +44,128 @@ OBJECTS_PER_FIELD = 60000
 
 @dataclasses.dataclass(frozen=True)
 class Cutout:
-  """One simulated stamp with everything known about it."""
+  """One simulated stamp with everything known about it (positions in cutout pixels)."""
   image: np.ndarray  # (5, 64, 64) float32 nanomaggies, NaN beyond frame edges
   mask: np.ndarray   # (64, 64) uint8 truth segmentation
   central: populations.Source
-  neighbours: list
+  neighbours: list  # the field sources with pixels in the mask or their centre in the stamp
   conditions: populations.Conditions
-  snr_r: float
+  snr_r: float  # matched-filter S/N of the central object in r (native pixels)
+  detect_snr: float  # the detection's S/N: 5 px aperture at the windowed centroid, as on real frames
   saturated: bool
   has_defect: bool
+  attempts: int = 1  # objects drawn until one was detected
 
 
 def object_rng(seed: int, stream: int, index: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
 
 
-def simulate_cutout(rng: np.random.Generator, params: P.SimParams = P.SimParams()) -> Cutout:
-  """Draws conditions and sources, renders, adds SDSS noise, saturation and edge defects."""
-  conditions = populations.sample_conditions(rng, params)
-  central = populations.sample_central(rng, params)
-  neighbours = populations.sample_neighbours(rng, params)
-  sources = [central] + neighbours
-  noiseless, objects_gri, central_r = render.render_scene(sources, conditions)
-  image, saturated = render.observe(noiseless, conditions, rng)
+def field_conditions(seed: int, stream: int, index: int, params: P.SimParams) -> populations.Conditions:
+  """The conditions of the field object `index` of a stream belongs to."""
+  field = index // params.objects_per_field
+  rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(FIELD_STREAM, stream, field)))
+  return populations.sample_field(rng, params)
+
+
+def plausibly_detectable(source: populations.Source, conditions: populations.Conditions, snr: float) -> bool:
+  """False when the object's expected 5 px aperture S/N is below 60% of the threshold (a Gaussian
+  approximation of object x PSF, which overestimates the measured S/N by ~1.3): skips rendering
+  objects that noise cannot lift to detection (of 110 rendered draws below it, none was detected)."""
+  sigma_psf = conditions.psf_fwhm_arcsec[2] / 2.3548 / P.PIXEL_SCALE_ARCSEC
+  sigma_obj = source.r_half_arcsec / 1.1774 / P.PIXEL_SCALE_ARCSEC
+  radius = 5.0
+  enclosed = 1.0 - np.exp(-radius ** 2 / (2 * (sigma_psf ** 2 + sigma_obj ** 2)))
+  noise = conditions.sky_sigma_nmgy()[2] * np.sqrt(np.pi) * radius
+  return float(source.flux_nmgy()[2] * enclosed / noise) >= PRESCREEN_FRACTION * snr
+
+
+def draw_scene(rng: np.random.Generator, params: P.SimParams, field: populations.Conditions, kind: str):
+  """One attempt: conditions at the object, central object, neighbours, background, band shifts."""
+  conditions = populations.object_conditions(rng, field, params)
+  central = populations.sample_central(rng, params, kind=kind, centre=float(render.NATIVE_CENTRE))
+  if not plausibly_detectable(central, conditions, params.detect_snr):
+    return None
+  neighbours = populations.sample_neighbours(rng, params, (central.x, central.y))
+  background = populations.sample_faint_background(rng, params, render.GRID)
+  shifts = rng.random((5, 2)) if params.resample_bands else np.zeros((5, 2))
+  shifts[2] = 0.0  # r is the reference grid
+  residual = rng.normal(0, 1, 5) * np.asarray(conditions.sky_residual_nmgy)
+  return conditions, central, neighbours, background, shifts, residual
+
+
+def simulate_cutout(rng: np.random.Generator, params: P.SimParams = P.SimParams(),
+                    field: populations.Conditions | None = None, kind: str | None = None) -> Cutout:
+  """Draws objects of one kind until one is detected, and cuts it out as real cutouts are cut.
+
+  field: the field's conditions (default: a field drawn from rng); kind: the central object's kind
+  (default: drawn with params.point_fraction).
+  """
+  field = populations.sample_field(rng, params) if field is None else field
+  kind = populations.sample_kind(rng, params) if kind is None else kind
+  for attempt in range(1, MAX_ATTEMPTS + 1):
+    drawn = draw_scene(rng, params, field, kind)
+    if drawn is None:
+      continue
+    conditions, central, neighbours, background, shifts, residual = drawn
+    sources = [central] + neighbours
+    scene = render.PreparedScene(sources, conditions, shifts, background, wings=params.psf_wings)
+    # Detection needs the r band only: the other bands are drawn and observed once it is found.
+    # The residual sky is an error of the sky subtraction: it is added to the sky-subtracted image.
+    native_r, saturated_r = render.observe(scene.bands([2]), conditions, rng, bands=[2])
+    native_r = native_r + residual[2]
+    found = render.detect_central(native_r[0], conditions, (central.x, central.y), float(residual[2]))
+    if not found.detected or found.saturated or found.snr < params.detect_snr:
+      continue
+    others = [0, 1, 3, 4]
+    native_rest, saturated_rest = render.observe(scene.bands(others), conditions, rng, bands=others)
+    native_rest = native_rest + residual[others, None, None]
+    native = np.stack([native_rest[0], native_rest[1], native_r[0], native_rest[2], native_rest[3]])
+    return cut_detected(rng, params, native, saturated_r or saturated_rest, scene, found, sources, conditions,
+                        shifts, attempt)
+  raise RuntimeError(f"no {kind} detected in {MAX_ATTEMPTS} draws: the SimParams make it undetectable "
+                     f"({params.to_json()})")
+
+
+def cut_detected(rng, params, native, saturated, scene, found, sources, conditions, shifts, attempts) -> Cutout:
+  """The cutout of a detected central object, its truth mask and neighbour table."""
+  if params.resample_bands:
+    image = render.resample_to_cutout(native, found.x, found.y, shifts)
+    origin = (found.x - P.CENTRE_PIXEL, found.y - P.CENTRE_PIXEL)
+  else:
+    image, x0, y0 = render.integer_cutout(native, found.x, found.y)
+    origin = (float(x0), float(y0))
+  # Truth images are noiseless: drawn directly on the cutout grid.
+  objects_gri = scene.objects_gri(origin=origin, size=P.STAMP_SIZE)
+  moved = [s.moved(-origin[0], -origin[1]) for s in sources]
+  image = image.astype(np.float32)
   has_defect = bool(rng.random() < params.defect_fraction)
   if has_defect:
     image[render.edge_defect_mask(rng)] = np.nan
   gri_sigma = float(np.sqrt(np.sum(conditions.sky_sigma_nmgy()[list(render.GRI)] ** 2)))
-  mask = render.segmentation_mask(objects_gri, params.mask_threshold_sigma * gri_sigma)
-  snr = render.matched_filter_snr(central_r, conditions, band=2)
-  return Cutout(image=image, mask=mask, central=central, neighbours=neighbours, conditions=conditions,
-                snr_r=snr, saturated=saturated, has_defect=has_defect)
+  full_mask = render.segmentation_mask(objects_gri, params.mask_threshold_sigma * gri_sigma)
+  # Neighbours are the field sources that own mask pixels or whose centre lies in the stamp.
+  inside = [(-0.5 <= s.x < P.STAMP_SIZE - 0.5) and (-0.5 <= s.y < P.STAMP_SIZE - 0.5) for s in moved]
+  kept = [j for j in range(1, len(moved)) if inside[j] or (full_mask == j + 1).any()]
+  relabel = np.zeros(len(moved) + 1, dtype=np.uint8)
+  relabel[1] = 1
+  relabel[[j + 1 for j in kept]] = np.arange(2, 2 + len(kept), dtype=np.uint8)
+  mask = relabel[full_mask]
+  snr = render.matched_filter_snr(scene.central_r(), conditions, band=2)
+  return Cutout(image=image, mask=mask, central=moved[0], neighbours=[moved[j] for j in kept],
+                conditions=conditions, snr_r=snr, detect_snr=float(found.snr), saturated=bool(saturated),
+                has_defect=has_defect, attempts=attempts)
 
 
 def simulate_cutouts(n: int, seed: int, params: P.SimParams = P.SimParams(), stream: int = LABELLED_STREAM,
-                     start: int = 0) -> list[Cutout]:
-  """In-memory cutouts `start .. start+n-1` of a stream (the same objects simulate_dataset writes)."""
-  return [simulate_cutout(object_rng(seed, stream, start + i), params) for i in range(n)]
+                     start: int = 0, field: populations.Conditions | None = None) -> list[Cutout]:
+  """In-memory cutouts `start .. start+n-1` of a stream (the same objects simulate_dataset writes);
+  with `field`, every object is seen in those conditions instead of its field's."""
+  out = []
+  for i in range(start, start + n):
+    conditions = field_conditions(seed, stream, i, params) if field is None else field
+    out.append(simulate_cutout(object_rng(seed, stream, i), params, field=conditions))
+  return out
 
 
 def make_obj_id(seed: int, index: int, camcol: int) -> int:
@@ -96,7 +190,8 @@ def stack(values: list, shape: tuple, dtype) -> np.ndarray:
   return np.stack(values).astype(dtype) if values else np.zeros((0,) + shape, dtype=dtype)
 
 
-def truth_rows(cutouts: list[Cutout], obj_ids: list[int], files: list[str], records: list[int]) -> dict:
+def truth_rows(cutouts: list[Cutout], obj_ids: list[int], files: list[str], records: list[int],
+               fields: list[int] | None = None) -> dict:
   """Per-object truth columns and the flat per-neighbour table, offsets local to this list."""
   stamp = (P.STAMP_SIZE, P.STAMP_SIZE)
   nb = [(row, label + 2, s) for row, c in enumerate(cutouts) for label, s in enumerate(c.neighbours)]
@@ -110,8 +205,12 @@ def truth_rows(cutouts: list[Cutout], obj_ids: list[int], files: list[str], reco
     "mag": stack([c.central.mag for c in cutouts], (5,), np.float32),
     "r_half_arcsec": np.array([c.central.r_half_arcsec for c in cutouts], dtype=np.float32),
     "snr_r": np.array([c.snr_r for c in cutouts], dtype=np.float32),
+    "detect_snr": np.array([c.detect_snr for c in cutouts], dtype=np.float32),
+    "x": np.array([c.central.x for c in cutouts], dtype=np.float32),
+    "y": np.array([c.central.y for c in cutouts], dtype=np.float32),
     "psf_fwhm_arcsec": stack([c.conditions.psf_fwhm_arcsec for c in cutouts], (5,), np.float32),
     "sky_sigma_nmgy": stack([c.conditions.sky_sigma_nmgy() for c in cutouts], (5,), np.float32),
+    "field": np.asarray(fields if fields is not None else np.zeros(len(cutouts)), dtype=np.int32),
     "n_neighbours": np.array([len(c.neighbours) for c in cutouts], dtype=np.int16),
     "has_defect": np.array([c.has_defect for c in cutouts], dtype=bool),
     "saturated": np.array([c.saturated for c in cutouts], dtype=bool),
@@ -168,7 +267,8 @@ def run_labelled_chunk(task: tuple) -> dict:
     files += [name] * count
     records += list(range(count))
     index += count
-  return truth_rows(cutouts, ids, files, records)
+  fields = [i // params.objects_per_field for i in range(first_index, index)]
+  return truth_rows(cutouts, ids, files, records, fields)
 
 
 def run_unlabelled_chunk(task: tuple) -> dict:
@@ -179,7 +279,8 @@ def run_unlabelled_chunk(task: tuple) -> dict:
   names = [unlabelled_name(i) for i in range(start, stop)]
   for name, cutout in zip(names, cutouts):
     write_unlabelled(Path(root) / "unlabelled" / name, cutout.image[None])
-  return truth_rows(cutouts, [-1] * len(cutouts), names, [0] * len(cutouts))
+  fields = [i // params.objects_per_field for i in range(start, stop)]
+  return truth_rows(cutouts, [-1] * len(cutouts), names, [0] * len(cutouts), fields)
 
 
 def labelled_tasks(root: Path, seed: int, params: P.SimParams, n_labelled: int) -> list[tuple]:

@@ -1,10 +1,15 @@
-"""Draws what is in a cutout: observing conditions, the central object and its neighbours.
+"""Draws what is in a cutout: observing conditions, the central object, its neighbours, the faint sky.
 
-Stars follow the SDSS stellar locus, QSOs the SDSS colour-redshift relation, and galaxies are
+Observing conditions come per field (seeing, sky, calibration, camera column) with small per-object
+variations. The central object is a detected source of a high-latitude field: its kind is drawn with
+the point-source fraction, its r magnitude from that kind's number counts (`counts_density`), and the
+renderer keeps it only if it is detected as on real frames. Neighbours are field sources from the same
+counts, Poisson over the stamp and a margin; the faint background continues the galaxy counts below
+them. Stars follow the SDSS stellar locus, QSOs the SDSS colour-redshift relation, and galaxies are
 bulge + disk systems whose redshift follows their apparent magnitude and whose size follows a
-published size-luminosity relation seen through a Planck18 cosmology, so that faint, distant
-galaxies become nearly unresolved as in the real data. All randomness comes from the numpy
-`Generator` passed in; nothing here draws pixels (see `render`).
+published size-luminosity relation with size and luminosity evolution, seen through a Planck18
+cosmology, so that faint, distant galaxies become nearly unresolved as in the real data. All
+randomness comes from the numpy `Generator` passed in; nothing here draws pixels (see `render`).
 """
 
 import dataclasses
@@ -17,23 +22,60 @@ from stargal_jax.simulate import params as P
 
 KINDS = ("STAR", "GALAXY", "QSO")
 
-# --- brightness distributions of the central objects ------------------------------------------
-# Spectroscopic-like part (weight 1 - faint_fraction). Galaxies: 70% SDSS main sample, Euclidean
-# counts dN/dm ~ 10^(0.6 m) up to its Petrosian limit r = 17.77 (Strauss et al. 2002, AJ 124,
-# 1810); 30% LRG/BOSS-like targets spread over r 17.5-20.5 (Eisenstein et al. 2001; Dawson et al.
-# 2013). Stars: SEGUE-like, flat in r up to 20.5 (Yanny et al. 2009). QSOs: counts slope 0.5 over
-# r 16-21 (Richards et al. 2006 number counts; BOSS QSOs reach g ~ 22).
-MAIN_SAMPLE_LIMIT = 17.77
-MAIN_SAMPLE_SHARE = 0.7
-LRG_RANGE = (17.5, 20.5)
-STAR_SPEC_FAINT = 20.5
-QSO_SPEC_RANGE = (16.0, 21.0)
-QSO_SPEC_SLOPE = 0.5
-# Faint photometric part (weight faint_fraction), counts slopes d log N / dm over r 19-limit:
-# galaxies 0.45 (Yasuda et al. 2001, AJ 122, 1104), stars 0.15 at high latitude (Juric et al.
-# 2008), QSOs 0.3 (Richards et al. 2006, faint end).
-FAINT_START = 19.0
-FAINT_SLOPES = {"GALAXY": 0.45, "STAR": 0.15, "QSO": 0.3}
+# --- number counts -----------------------------------------------------------------------
+# dN/dm per deg^2 per mag in r (params.GALAXY_* and STAR_*: measured normalisation, published
+# slopes). QSOs follow qso_count_slope; their share of the point sources is qso_fraction_of_point.
+COUNT_GRID_STEP = 0.005  # mag: inverse-CDF table step of `sample_counts_magnitude`
+
+
+def galaxy_density(r: np.ndarray) -> np.ndarray:
+  """Galaxy counts dN/dm (deg^-2 mag^-1): a broken power law through GALAXY_DENSITY_R20."""
+  r = np.asarray(r, dtype=np.float64)
+  slope = np.where(r < P.GALAXY_SLOPE_BREAK, P.GALAXY_SLOPE_BRIGHT, P.GALAXY_SLOPE_FAINT)
+  at_break = P.GALAXY_DENSITY_R20 * 10.0 ** (P.GALAXY_SLOPE_BRIGHT * (P.GALAXY_SLOPE_BREAK - 20.0))
+  return at_break * 10.0 ** (slope * (r - P.GALAXY_SLOPE_BREAK))
+
+
+def star_density(r: np.ndarray) -> np.ndarray:
+  """High-latitude star counts dN/dm (deg^-2 mag^-1)."""
+  return P.STAR_DENSITY_R20 * 10.0 ** (P.STAR_SLOPE * (np.asarray(r, dtype=np.float64) - 20.0))
+
+
+def counts_density(kind: str, r: np.ndarray, qso_slope: float = 0.3) -> np.ndarray:
+  """dN/dm of one kind; 'FIELD' is galaxies + stars (what neighbours are drawn from)."""
+  if kind == "GALAXY":
+    return galaxy_density(r)
+  if kind == "STAR":
+    return star_density(r)
+  if kind == "QSO":
+    return 10.0 ** (qso_slope * (np.asarray(r, dtype=np.float64) - 20.0))
+  if kind == "FIELD":
+    return galaxy_density(r) + star_density(r)
+  raise KeyError(f"unknown counts kind {kind!r}; valid: GALAXY, STAR, QSO, FIELD")
+
+
+@functools.lru_cache(maxsize=64)
+def counts_table(kind: str, lo: float, hi: float, qso_slope: float) -> tuple[np.ndarray, np.ndarray, float]:
+  """(magnitude grid, normalised CDF, integral in deg^-2) of a kind's counts on [lo, hi]."""
+  grid = np.linspace(lo, hi, max(int(round((hi - lo) / COUNT_GRID_STEP)), 2) + 1)
+  density = counts_density(kind, grid, qso_slope)
+  cumulative = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
+  return grid, cumulative / cumulative[-1], float(cumulative[-1])
+
+
+def sample_counts_magnitude(rng: np.random.Generator, kind: str, lo: float, hi: float,
+                            qso_slope: float = 0.3, size: int | None = None):
+  """r magnitude(s) with dN/dm following `counts_density` on [lo, hi] (inverse CDF, linear in between)."""
+  grid, cdf, _ = counts_table(kind, float(lo), float(hi), float(qso_slope))
+  u = rng.random(size)
+  out = np.interp(u, cdf, grid)
+  return float(out) if size is None else out
+
+
+def counts_per_deg2(kind: str, lo: float, hi: float, qso_slope: float = 0.3) -> float:
+  """Integral of a kind's counts between two magnitudes, per deg^2."""
+  return counts_table(kind, float(lo), float(hi), float(qso_slope))[2]
+
 
 # --- stars: SDSS stellar locus --------------------------------------------------------------
 # Median u-g, g-r, r-i, i-z by spectral type, rounded from Covey et al. 2007 (AJ 134, 2398);
@@ -51,8 +93,20 @@ STELLAR_LOCUS = np.array([
   [2.50, 1.42, 0.90, 0.47],
   [2.60, 1.50, 1.40, 0.70],
 ])
-# High-latitude mix dominated by F/G turn-off stars with a tail of K/M dwarfs (Juric et al. 2008).
-STELLAR_TYPE_WEIGHTS = np.array([0.03, 0.07, 0.18, 0.18, 0.14, 0.12, 0.10, 0.08, 0.06, 0.04])
+# High-latitude stars (Juric et al. 2008): disk dwarfs, G-K at bright magnitudes, M dwarfs whose share
+# grows towards faint magnitudes, and halo / thick-disk turn-off stars (F-G, g-r ~0.3-0.4) that take over
+# the blue stars by r ~ 19.5. Types A0-K5 are drawn with DISK_TYPE_WEIGHTS at r <= 17 and HALO_TYPE_WEIGHTS
+# at r >= 19.5 (linear in between), M0-M4 with M_DWARF_WEIGHTS. The share of point sources redder than
+# g-r = 1.1 measured on the six high-latitude fields of shared/data (|psf_minus_extended| < 0.1, 2"
+# aperture colours; 531 stars r 14-21): 0.16 (r 14-17), 0.30 (17-18), 0.39 (18-19), 0.56 (19-20), 0.65
+# (20-20.5), 0.73 (20.5-21); extrapolated to 0.8 at r 22.5. Their bluer stars have median g-r 0.54 at
+# r < 18 (disk G-K) and 0.40 at r 18-20 (turn-off), which the two weight sets reproduce.
+DISK_TYPE_WEIGHTS = np.array([0.01, 0.04, 0.10, 0.18, 0.22, 0.24, 0.21, 0.0, 0.0, 0.0])
+HALO_TYPE_WEIGHTS = np.array([0.04, 0.10, 0.30, 0.28, 0.15, 0.08, 0.05, 0.0, 0.0, 0.0])
+DISK_TO_HALO_R = (17.0, 19.5)
+M_DWARF_WEIGHTS = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.40, 0.35, 0.25])
+M_DWARF_SHARE_R = np.array([16.5, 17.5, 18.5, 19.5, 20.25, 20.75, 22.5])
+M_DWARF_SHARE = np.array([0.16, 0.30, 0.39, 0.56, 0.65, 0.73, 0.80])
 # Locus width: u-g spreads with metallicity (~0.1, Ivezic et al. 2008); the other colours ~0.03.
 STELLAR_COLOUR_SCATTER = np.array([0.10, 0.03, 0.03, 0.03])
 # Stellar radial velocities, km/s (disk + halo dispersion), giving the catalogue 'z' = v/c.
@@ -76,9 +130,10 @@ QSO_Z_MEAN, QSO_Z_SIGMA, QSO_Z_RANGE = 1.5, 0.7, (0.3, 3.0)
 # --- galaxies -------------------------------------------------------------------------------
 # Median redshift against r: SDSS main sample z = 0.10 at its r = 17.77 limit (Strauss et al.
 # 2002); LRGs z ~ 0.2-0.35 at r ~ 19-20 (Eisenstein et al. 2001); z ~ 0.5 at r ~ 21 and ~ 0.65 at
-# r ~ 22.5 (CFRS, Lilly et al. 1995; DEEP2). Interpolated in log z, log-normal scatter 0.35.
-ZMED_R = np.array([14.0, 15.5, 17.77, 19.0, 20.0, 21.0, 22.5])
-ZMED_Z = np.array([0.03, 0.05, 0.10, 0.20, 0.32, 0.48, 0.65])
+# r ~ 22.5 (CFRS, Lilly et al. 1995; DEEP2); ~0.8 at r ~ 24 (VVDS median 0.76 for I_AB <= 24, Le
+# Fevre et al. 2005, A&A 439, 845). Interpolated in log z, log-normal scatter 0.35.
+ZMED_R = np.array([14.0, 15.5, 17.77, 19.0, 20.0, 21.0, 22.5, 24.0, 27.0])
+ZMED_Z = np.array([0.03, 0.05, 0.10, 0.20, 0.32, 0.48, 0.65, 0.80, 1.10])
 Z_LOG_SIGMA = 0.35
 GALAXY_Z_RANGE = (0.005, 1.2)
 # Observed-frame colour tracks (u-g, g-r, r-i, i-z) of red (E/S0, LRG) and blue (Sbc) galaxies,
@@ -98,12 +153,34 @@ BLUE_TRACK = np.array([
   [0.25, 0.28, 0.30, 0.35, 0.40, 0.50, 0.60, 0.75, 0.90],
   [0.15, 0.20, 0.22, 0.25, 0.28, 0.30, 0.35, 0.45, 0.60],
 ]).T
+# Irregular / star-forming galaxies (Im): bluer than the Sbc-Scd blue track (z = 0: g-r 0.27 against
+# ~0.45-0.57, Fukugita et al. 1995), and more so when redshifted, since their spectra are flat (observed
+# offsets from the blue track in u-g, g-r, r-i, i-z, against z, approximate, from flat-spectrum
+# templates redshifted through the SDSS bands). Their share of the blue galaxies grows towards faint
+# magnitudes: a few per cent in bright samples, ~30% of the galaxies at I ~ 22 in HST morphological
+# counts (Glazebrook et al. 1995, MNRAS 275, L19; Driver et al. 1995, ApJ 449, L23). They are pure disks.
+IRREGULAR_OFFSET_Z = np.array([0.0, 0.3, 0.5, 1.2])
+IRREGULAR_OFFSET = np.array([
+  [-0.30, -0.15, -0.10, -0.05],
+  [-0.30, -0.35, -0.15, -0.08],
+  [-0.30, -0.50, -0.20, -0.10],
+  [-0.30, -0.50, -0.30, -0.15],
+])
+IRREGULAR_SHARE_R = np.array([17.5, 22.0])
+IRREGULAR_SHARE = np.array([0.05, 0.35])
 RED_COLOUR_SCATTER = np.array([0.10, 0.05, 0.04, 0.04])
 BLUE_COLOUR_SCATTER = np.array([0.15, 0.10, 0.06, 0.06])
 # Crude r-band k-corrections, K_r ~ slope * z (red ~2.0, blue ~0.8; Blanton & Roweis 2007).
 K_SLOPE_RED, K_SLOPE_BLUE = 2.0, 0.8
-# Red fraction rises with luminosity, half at M_r ~ -20.5 (Baldry et al. 2004, ApJ 600, 681).
-RED_HALF_MR, RED_WIDTH_MAG = -20.5, 0.8
+# Red (early-type) share of galaxies against apparent r, measured on the six high-latitude fields of
+# shared/data by forward modelling: the share of extended sources (psf_minus_extended > 0.3) redder
+# in 2" g-r than midway between the red and blue tracks at the median redshift of their magnitude is
+# 0.70 (r < 18, 69 objects), 0.63 (18-19), 0.58 (19-20), 0.43 (20-21), 0.33 (21-22) on the real
+# cutouts; photometric noise and redshift scatter raise it by 0.01, 0.14, 0.03, 0.05, 0.12 on
+# simulated cutouts of known share, which are subtracted. Extrapolated to 0.15 at r 23 (faint
+# samples are dominated by blue galaxies, e.g. Faber et al. 2007, ApJ 665, 265).
+RED_FRACTION_R = np.array([17.5, 18.5, 19.5, 20.5, 21.5, 23.0])
+RED_FRACTION = np.array([0.70, 0.56, 0.52, 0.38, 0.21, 0.15])
 # Size-luminosity relations, r band (Shen et al. 2003, MNRAS 343, 978, eqs. 14-18 and table 1):
 # early types log R50/kpc = -0.4 a M + b; late types -0.4 alpha M + (beta - alpha)
 # log(1 + 10^(-0.4 (M - M0))) + gamma; ln-scatter sigma2 + (sigma1 - sigma2) / (1 + 10^(-0.8 (M -
@@ -125,7 +202,12 @@ MAX_HLR_ARCSEC = 20.0
 
 @dataclasses.dataclass(frozen=True)
 class Conditions:
-  """One observation's per-band PSF, sky and calibration (the five bands come from one scan)."""
+  """One observation's per-band PSF, sky and calibration (the five bands come from one scan).
+
+  psf_fwhm_arcsec is the FWHM of the Kolmogorov core (render adds the wings); sky_residual_nmgy the
+  rms of the residual sky left by SDSS's sky subtraction; noise_scale the measured / data-model pixel
+  noise; psf_wing_fraction the share of light in the PSF's Moffat wings.
+  """
   camcol: int
   psf_fwhm_arcsec: np.ndarray
   psf_g1: np.ndarray
@@ -134,15 +216,18 @@ class Conditions:
   nmgy_per_dn: np.ndarray
   gain: np.ndarray
   dark_variance: np.ndarray
+  sky_residual_nmgy: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(5))
+  noise_scale: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(5))
+  psf_wing_fraction: float = P.PSF_WING_FRACTION
 
   def sky_sigma_nmgy(self) -> np.ndarray:
     """Per-band sky + read noise of one pixel, in nanomaggies."""
-    return self.nmgy_per_dn * np.sqrt(self.sky_dn / self.gain + self.dark_variance)
+    return self.noise_scale * self.nmgy_per_dn * np.sqrt(self.sky_dn / self.gain + self.dark_variance)
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One object: kind, position in stamp pixels (x = column), total ugriz AB mags, shape."""
+  """One object: kind, position in pixels (x = column), total ugriz AB mags, shape."""
   kind: str
   x: float
   y: float
@@ -163,6 +248,18 @@ class Source:
   def flux_nmgy(self) -> np.ndarray:
     return 10.0 ** (-0.4 * (self.mag - 22.5))
 
+  def moved(self, dx: float, dy: float) -> "Source":
+    return dataclasses.replace(self, x=self.x + dx, y=self.y + dy)
+
+
+@dataclasses.dataclass(frozen=True)
+class FaintBackground:
+  """Sources too faint to detect, drawn in aggregate: positions (pixels) and ugriz fluxes (nmgy)."""
+  x: np.ndarray
+  y: np.ndarray
+  flux: np.ndarray  # (n, 5)
+  hlr_arcsec: float
+
 
 def mags_from_colours(r: float, colours: np.ndarray) -> np.ndarray:
   """ugriz from r and (u-g, g-r, r-i, i-z)."""
@@ -180,8 +277,13 @@ def truncated_power_law(rng: np.random.Generator, slope: float, lo: float, hi: f
   return float(lo + np.log10(1.0 + rng.random() * span) / slope)
 
 
-def sample_conditions(rng: np.random.Generator, params: P.SimParams) -> Conditions:
-  """Seeing (correlated across bands), PSF shear, sky, calibration and camera column."""
+def exposure_scale(params: P.SimParams) -> float:
+  """Exposure relative to SDSS's: 10^(0.8 depth_mag) makes sky-limited S/N limits depth_mag deeper."""
+  return float(10.0 ** (0.8 * params.depth_mag))
+
+
+def sample_field(rng: np.random.Generator, params: P.SimParams) -> Conditions:
+  """One field's conditions: seeing (correlated across bands), PSF shear, sky, calibration, camcol."""
   camcol = int(rng.integers(1, 7))
   lo, hi = params.seeing_limits_arcsec
   seeing_r = np.clip(params.seeing_r_median_arcsec * np.exp(rng.normal(0, params.seeing_log_sigma)), lo, hi)
@@ -189,12 +291,29 @@ def sample_conditions(rng: np.random.Generator, params: P.SimParams) -> Conditio
   shared_g = rng.normal(0, params.psf_shear_sigma, 2)
   g1 = shared_g[0] + rng.normal(0, params.psf_shear_band_sigma, 5)
   g2 = shared_g[1] + rng.normal(0, params.psf_shear_band_sigma, 5)
-  sky_mag = np.array(P.SKY_MAG_ARCSEC2) + rng.normal(0, params.sky_mag_sigma) + rng.normal(0, params.sky_mag_band_sigma, 5)
-  nmgy = np.array(P.NMGY_PER_DN) * np.exp(rng.normal(0, params.calibration_sigma, 5))
+  sky_mag = (np.array(P.SKY_MAG_ARCSEC2) + params.sky_mag_offset + rng.normal(0, params.sky_mag_sigma)
+             + rng.normal(0, params.sky_mag_band_sigma, 5))
+  nmgy = (np.array(P.NMGY_PER_DN) * np.exp(rng.normal(0, 1, 5) * np.asarray(params.calibration_sigma))
+          / exposure_scale(params))
   sky_nmgy_per_pixel = 10.0 ** (-0.4 * (sky_mag - 22.5)) * P.PIXEL_SCALE_ARCSEC ** 2
+  noise_scale = np.array(params.noise_scale) * np.exp(rng.normal(0, params.noise_scale_sigma, 5))
+  wing_fraction = float(np.clip(params.psf_wing_fraction * np.exp(rng.normal(0, params.psf_wing_log_sigma)), 0, 0.9))
   return Conditions(camcol=camcol, psf_fwhm_arcsec=fwhm, psf_g1=g1, psf_g2=g2,
                     sky_dn=sky_nmgy_per_pixel / nmgy, nmgy_per_dn=nmgy,
-                    gain=P.GAIN_E_PER_DN[camcol - 1].copy(), dark_variance=P.DARK_VARIANCE_DN2[camcol - 1].copy())
+                    gain=P.GAIN_E_PER_DN[camcol - 1].copy(), dark_variance=P.DARK_VARIANCE_DN2[camcol - 1].copy(),
+                    sky_residual_nmgy=np.array(params.sky_residual_nmgy, dtype=np.float64),
+                    noise_scale=noise_scale, psf_wing_fraction=round(wing_fraction, 4))
+
+
+def object_conditions(rng: np.random.Generator, field: Conditions, params: P.SimParams) -> Conditions:
+  """The field's conditions at one object: the PSF varies by a few per cent across a frame."""
+  jitter = np.exp(rng.normal(0, params.seeing_object_jitter))
+  return dataclasses.replace(field, psf_fwhm_arcsec=np.asarray(field.psf_fwhm_arcsec) * jitter)
+
+
+def sample_conditions(rng: np.random.Generator, params: P.SimParams) -> Conditions:
+  """A field's conditions and one object's variation of them (a cutout from a random field)."""
+  return object_conditions(rng, sample_field(rng, params), params)
 
 
 def sample_kind(rng: np.random.Generator, params: P.SimParams) -> str:
@@ -204,22 +323,23 @@ def sample_kind(rng: np.random.Generator, params: P.SimParams) -> str:
 
 
 def sample_r_magnitude(rng: np.random.Generator, kind: str, params: P.SimParams) -> float:
-  """Central-object r: a spectroscopic-like sample plus a fainter photometric sample."""
-  bright, faint = params.r_bright_limit, params.r_faint_limit
-  if rng.random() < params.faint_fraction:
-    return truncated_power_law(rng, FAINT_SLOPES[kind], max(FAINT_START, bright), faint)
-  if kind == "GALAXY":
-    if rng.random() < MAIN_SAMPLE_SHARE:
-      return truncated_power_law(rng, 0.6, bright, MAIN_SAMPLE_LIMIT)
-    return float(rng.uniform(*LRG_RANGE))
-  if kind == "STAR":
-    return float(rng.uniform(bright, min(STAR_SPEC_FAINT, faint)))
-  return truncated_power_law(rng, QSO_SPEC_SLOPE, max(QSO_SPEC_RANGE[0], bright), min(QSO_SPEC_RANGE[1], faint))
+  """Central-object r from its kind's number counts between r_bright_limit and r_faint_limit."""
+  return sample_counts_magnitude(rng, kind, params.r_bright_limit, params.r_faint_limit, params.qso_count_slope)
 
 
-def star_colours(rng: np.random.Generator) -> np.ndarray:
-  """A point on the stellar locus: a spectral type (weighted), interpolated, plus locus width."""
-  node = rng.choice(len(STELLAR_TYPE_WEIGHTS), p=STELLAR_TYPE_WEIGHTS / STELLAR_TYPE_WEIGHTS.sum())
+def m_dwarf_share(r: float) -> float:
+  return float(np.interp(r, M_DWARF_SHARE_R, M_DWARF_SHARE))
+
+
+def star_colours(rng: np.random.Generator, r: float = 20.0) -> np.ndarray:
+  """A point on the stellar locus: a spectral type (weighted; M dwarfs with their share at this r),
+  interpolated between neighbouring types, plus the locus width."""
+  if rng.random() < m_dwarf_share(r):
+    weights = M_DWARF_WEIGHTS
+  else:
+    halo = float(np.clip((r - DISK_TO_HALO_R[0]) / (DISK_TO_HALO_R[1] - DISK_TO_HALO_R[0]), 0.0, 1.0))
+    weights = (1 - halo) * DISK_TYPE_WEIGHTS + halo * HALO_TYPE_WEIGHTS
+  node = rng.choice(len(weights), p=weights / weights.sum())
   t = np.clip(node + rng.uniform(-0.5, 0.5), 0, len(STELLAR_LOCUS) - 1)
   lo = int(np.floor(t))
   hi = min(lo + 1, len(STELLAR_LOCUS) - 1)
@@ -229,7 +349,7 @@ def star_colours(rng: np.random.Generator) -> np.ndarray:
 
 def make_star(rng: np.random.Generator, r: float, x: float, y: float) -> Source:
   z = rng.normal(0, STAR_VELOCITY_SIGMA_KMS) / SPEED_OF_LIGHT_KMS
-  return Source(kind="STAR", x=x, y=y, mag=mags_from_colours(r, star_colours(rng)), z=float(z))
+  return Source(kind="STAR", x=x, y=y, mag=mags_from_colours(r, star_colours(rng, r)), z=float(z))
 
 
 def make_qso(rng: np.random.Generator, r: float, x: float, y: float) -> Source:
@@ -296,31 +416,40 @@ def composite_half_light(bulge_fraction: float, bulge_hlr: float, disk_hlr: floa
   return float(optimize.brentq(excess, lo, hi, xtol=1e-8 * hi))
 
 
-def make_galaxy(rng: np.random.Generator, r: float, x: float, y: float) -> Source:
-  """A bulge + disk galaxy of total magnitude r with physically tied redshift, colour and size."""
+def make_galaxy(rng: np.random.Generator, r: float, x: float, y: float,
+                params: P.SimParams = P.SimParams(), single_disk: bool = False) -> Source:
+  """A bulge + disk galaxy of total magnitude r with physically tied redshift, colour and size.
+
+  single_disk: a pure exponential disk (for faint neighbours, whose bulges cannot be seen; cheaper).
+  """
   z = float(np.clip(median_redshift(r) * np.exp(rng.normal(0, Z_LOG_SIGMA)), *GALAXY_Z_RANGE))
-  mean_k = 0.5 * (K_SLOPE_RED + K_SLOPE_BLUE) * z
-  p_red = 1.0 / (1.0 + np.exp((r - distance_modulus(z) - mean_k - RED_HALF_MR) / RED_WIDTH_MAG))
-  red = rng.random() < p_red
+  red = rng.random() < float(np.interp(r, RED_FRACTION_R, RED_FRACTION))
+  irregular = (not red) and rng.random() < float(np.interp(r, IRREGULAR_SHARE_R, IRREGULAR_SHARE))
   track, scatter = (RED_TRACK, RED_COLOUR_SCATTER) if red else (BLUE_TRACK, BLUE_COLOUR_SCATTER)
   colours = np.array([np.interp(z, TRACK_Z, track[:, c]) for c in range(4)]) + rng.normal(0, scatter)
+  if irregular:
+    colours = colours + np.array([np.interp(z, IRREGULAR_OFFSET_Z, IRREGULAR_OFFSET[:, c]) for c in range(4)])
   bulge_colours = colours + BULGE_COLOUR_OFFSET * (0.3 if red else 1.0)
-  bt_r = float(rng.beta(*(BT_BETA_RED if red else BT_BETA_BLUE)))
+  bt_r = 0.0 if single_disk or irregular else float(rng.beta(*(BT_BETA_RED if red else BT_BETA_BLUE)))
   # Component fluxes per band: the r-band split by B/T, the other bands from each one's colours.
   flux_r = 10.0 ** (-0.4 * (r - 22.5))
   bulge_flux = bt_r * flux_r * 10.0 ** (-0.4 * (mags_from_colours(0.0, bulge_colours)))
   disk_flux = (1 - bt_r) * flux_r * 10.0 ** (-0.4 * (mags_from_colours(0.0, colours)))
   total = bulge_flux + disk_flux
   abs_mag = r - distance_modulus(z) - (K_SLOPE_RED if red else K_SLOPE_BLUE) * z
-  median_kpc, ln_sigma = shen_half_light_kpc(abs_mag, early=red)
-  r_half = min(median_kpc * np.exp(rng.normal(0, ln_sigma)) / kpc_per_arcsec(z), MAX_HLR_ARCSEC)
+  # Size at the z = 0 luminosity of the same galaxy (evolution fades it by Q z), shrunk by the size
+  # evolution at fixed mass.
+  median_kpc, ln_sigma = shen_half_light_kpc(abs_mag + params.luminosity_evolution_q * z, early=red)
+  evolution = (1.0 + z) ** -(params.size_evolution_early if red else params.size_evolution_late)
+  r_half_kpc = median_kpc * evolution * params.galaxy_size_scale * np.exp(rng.normal(0, ln_sigma))
+  r_half = min(r_half_kpc / kpc_per_arcsec(z), MAX_HLR_ARCSEC)
   ratio = BULGE_DISK_RATIO * 10 ** rng.normal(0, BULGE_DISK_LOG_SIGMA)
-  scale = r_half / composite_half_light(bt_r, ratio, 1.0)
+  scale = r_half / composite_half_light(bt_r, ratio, 1.0) if bt_r > 0 else r_half
   cos_i = rng.random()
   disk_q = float(np.sqrt(cos_i ** 2 + DISK_THICKNESS ** 2 * (1 - cos_i ** 2)))
   bulge_q = float(np.clip(rng.normal(BULGE_Q_MEAN, BULGE_Q_SIGMA), *BULGE_Q_RANGE))
   return Source(kind="GALAXY", x=x, y=y, mag=22.5 - 2.5 * np.log10(total), z=z,
-                bulge_fraction=bulge_flux / total, bulge_hlr_arcsec=float(ratio * scale),
+                bulge_fraction=bulge_flux / total, bulge_hlr_arcsec=float(ratio * scale) if bt_r > 0 else 0.0,
                 disk_hlr_arcsec=float(scale), bulge_q=bulge_q, disk_q=disk_q,
                 beta_rad=float(rng.uniform(0, np.pi)), r_half_arcsec=float(r_half))
 
@@ -328,27 +457,68 @@ def make_galaxy(rng: np.random.Generator, r: float, x: float, y: float) -> Sourc
 MAKERS = {"STAR": make_star, "QSO": make_qso, "GALAXY": make_galaxy}
 
 
-def sample_central(rng: np.random.Generator, params: P.SimParams) -> Source:
-  """The target: kind by the prior, centred on pixel 32 within half a pixel."""
-  kind = sample_kind(rng, params)
+def make_source(rng: np.random.Generator, kind: str, r: float, x: float, y: float, params: P.SimParams,
+                single_disk: bool = False) -> Source:
+  if kind == "GALAXY":
+    return make_galaxy(rng, r, x, y, params, single_disk=single_disk)
+  return MAKERS[kind](rng, r, x, y)
+
+
+def sample_central(rng: np.random.Generator, params: P.SimParams, kind: str | None = None,
+                   centre: float = float(P.CENTRE_PIXEL)) -> Source:
+  """The target: kind by the point fraction (unless given), r from that kind's counts, at `centre`
+  plus a uniform sub-pixel offset in [0, 1) (its position relative to the pixel grid)."""
+  kind = sample_kind(rng, params) if kind is None else kind
   r = sample_r_magnitude(rng, kind, params)
-  x, y = P.CENTRE_PIXEL + rng.uniform(-0.5, 0.5, 2)
-  return MAKERS[kind](rng, r, float(x), float(y))
+  x, y = centre + rng.random(2)
+  return make_source(rng, kind, r, float(x), float(y), params)
 
 
-def sample_neighbours(rng: np.random.Generator, params: P.SimParams) -> list[Source]:
-  """0-3 field objects at random stamp positions, at least min_neighbour_distance_px from centre."""
-  if rng.random() >= params.neighbour_fraction:
-    return []
-  weights = np.asarray(params.neighbour_count_weights, dtype=float)
-  count = 1 + int(rng.choice(len(weights), p=weights / weights.sum()))
+def neighbour_area_deg2(params: P.SimParams, stamp: int = P.STAMP_SIZE) -> float:
+  side = (stamp + 2 * params.neighbour_margin_px) * P.PIXEL_SCALE_ARCSEC / 3600.0
+  return side * side
+
+
+def sample_neighbours(rng: np.random.Generator, params: P.SimParams, centre_xy: tuple[float, float],
+                      stamp: int = P.STAMP_SIZE, simple_fainter_than: float = 22.0) -> list[Source]:
+  """Field sources (stars and galaxies from the counts, Poisson) over the stamp centred on
+  `centre_xy` and neighbour_margin_px around it, none closer than min_neighbour_distance_px to it.
+  Galaxies fainter than `simple_fainter_than` are pure exponential disks."""
+  lo, hi = params.neighbour_bright_mag, params.neighbour_faint_mag
+  per_deg2 = counts_per_deg2("GALAXY", lo, hi) + params.star_density_scale * counts_per_deg2("STAR", lo, hi)
+  mean = params.neighbour_density_scale * per_deg2 * neighbour_area_deg2(params, stamp)
+  count = int(rng.poisson(mean)) if mean > 0 else 0
+  half = stamp / 2 + params.neighbour_margin_px
   neighbours = []
   for _ in range(count):
     while True:
-      x, y = rng.uniform(0, P.STAMP_SIZE - 1, 2)
-      if np.hypot(x - P.CENTRE_PIXEL, y - P.CENTRE_PIXEL) > params.min_neighbour_distance_px:
+      dx, dy = rng.uniform(-half, half, 2)
+      if np.hypot(dx, dy) > params.min_neighbour_distance_px:
         break
-    r = truncated_power_law(rng, params.neighbour_count_slope, *params.neighbour_mag_limits)
-    kind = "STAR" if rng.random() < params.neighbour_star_fraction else "GALAXY"
-    neighbours.append(MAKERS[kind](rng, r, float(x), float(y)))
+    r = sample_counts_magnitude(rng, "FIELD", lo, hi) if params.star_density_scale == 1.0 else \
+        sample_counts_magnitude(rng, "STAR" if rng.random() < params.star_density_scale * counts_per_deg2("STAR", lo, hi)
+                                / per_deg2 else "GALAXY", lo, hi)
+    stars = params.star_density_scale * float(star_density(r))
+    kind = "STAR" if rng.random() < stars / (stars + float(galaxy_density(r))) else "GALAXY"
+    neighbours.append(make_source(rng, kind, r, float(centre_xy[0] + dx), float(centre_xy[1] + dy), params,
+                                  single_disk=r > simple_fainter_than))
   return neighbours
+
+
+# Colours of the faint background: blue galaxies at z ~ 1.1 (the median redshift at r ~ 25-27 above).
+FAINT_BACKGROUND_Z = 1.1
+
+
+def sample_faint_background(rng: np.random.Generator, params: P.SimParams, grid: int) -> FaintBackground:
+  """Undetectable galaxies (neighbour_faint_mag .. faint_background_limit_mag) over a periodic grid."""
+  lo, hi = params.neighbour_faint_mag, params.faint_background_limit_mag
+  area = (grid * P.PIXEL_SCALE_ARCSEC / 3600.0) ** 2
+  mean = counts_per_deg2("GALAXY", lo, hi) * area if hi > lo else 0.0
+  n = int(rng.poisson(mean)) if mean > 0 else 0
+  r = sample_counts_magnitude(rng, "GALAXY", lo, hi, size=n) if n else np.zeros(0)
+  colours = np.array([np.interp(FAINT_BACKGROUND_Z, TRACK_Z, BLUE_TRACK[:, c]) for c in range(4)])
+  ug, gr, ri, iz = (colours[None, :] + rng.normal(0, BLUE_COLOUR_SCATTER, (n, 4))).T
+  g, i = r + gr, r - ri
+  mags = np.stack([g + ug, g, r, i, i - iz], axis=1)  # mags_from_colours for many at once
+  return FaintBackground(x=rng.uniform(0, grid, n), y=rng.uniform(0, grid, n),
+                         flux=10.0 ** (-0.4 * (mags - 22.5)), hlr_arcsec=params.faint_background_hlr_arcsec)
