@@ -130,3 +130,23 @@ def test_student_rounds_keep_the_last_round_as_the_classifier(tmp_path, smoke_ca
     latents = f["latents"]
   labelled = inputs_lib.load_inputs(config.data, seed=config.seed).labelled
   np.testing.assert_allclose(predict.encode(run, labelled)[0], latents, rtol=1e-5, atol=1e-5)
+
+
+def test_config_checks_trace_the_classifier_with_labels_and_name_a_bad_setting():
+  from types import SimpleNamespace
+  from stargal_jax import config_checks as cc
+  config = load_config("bootstrap")
+  assert experiment.classification_stages(config)["classifier"]["z"] == (1,)  # the traced batch carries 'label'
+  config.bootstrap.pseudo.preselect_fraction = 1.5
+  config.supervised_cnn.folds = 1
+  with pytest.raises(cc.ConfigError, match=r"config.bootstrap.pseudo.preselect_fraction = 1.5: must be in \(0, 1\];"
+                                           r" config.supervised_cnn.folds = 1: must be an integer >= 2"):
+    experiment.check_config(config)
+  config = load_config("bootstrap")
+  config.supervised_cnn.train.batch_size = 7
+  opened = SimpleNamespace(labelled=[0] * 10, source="ten objects")
+  config.supervised_cnn.folds = 3  # folds of 4, 3, 3: the first trains on 6 < 7
+  with pytest.raises(cc.ConfigError, match=r"batch_size = 7: must be <= 6, the labelled objects a fold trains on"):
+    experiment.supervised_cnn_fits(config, opened)
+  config.supervised_cnn.train.batch_size = 6
+  experiment.supervised_cnn_fits(config, opened)
