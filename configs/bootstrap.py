@@ -10,7 +10,7 @@ construction), point-like below the prior star fraction. No label is read in tra
 threshold; `eval.supervised_cnn` trains the same network on the labels (5-fold) as the reference.
 
 Arguments: `smoke` (tiny, seconds), `student` (a second, noisy-student round on the set's confident objects),
-`no_shrink` (no size change), `white_noise` (added noise white, not the set's measured spectrum), `no_reference`
+`galaxy_cut` (pseudo-galaxies only above 0.5, not 0.195: purer on the tuning set), `no_shrink` (no size change), `white_noise` (added noise white, not the set's measured spectrum), `no_reference`
 (skip the supervised CNN reference).
 """
 
@@ -18,7 +18,7 @@ import ml_collections
 
 from configs import common
 
-ARGUMENTS = ("smoke", "student", "no_shrink", "white_noise", "no_reference")
+ARGUMENTS = ("smoke", "student", "no_shrink", "white_noise", "no_reference", "galaxy_cut")
 
 
 def bootstrap_config() -> ml_collections.ConfigDict:
@@ -27,6 +27,9 @@ def bootstrap_config() -> ml_collections.ConfigDict:
       min_snr=50.0,  # model-fit S/N (cModel flux / PSF-flux error) of the bright end
       cut=0.145,  # SDSS: psfMag - cModelMag > 0.145 is extended
       margin=0.05,  # guard band about the cut, left unlabelled
+      # Above the cut, for galaxies. A set-level PSF makes stars in worse seeing than the set's look extended,
+      # and blends too: the galaxy side needs a wider band than the star side (`galaxy_cut` argument).
+      galaxy_margin=0.05,
       preselect_fraction=0.5,  # fits only where the 2" aperture S/N reaches this fraction of min_snr
       max_fit=3000,  # at most this many model fits (evenly thinned in the set's order)
       correlated_noise=True))  # reproduce the set's measured noise power spectrum (False: white)
@@ -52,6 +55,8 @@ def get_config(arg=None):
   config.score = common.score_config("latent_unit", unit=0)  # the logit itself
   config.eval.supervised_cnn = "no_reference" not in args
   config.eval.supervised_ceiling = False  # logistic regression on a 1-d logit says nothing new
+  if "galaxy_cut" in args:  # galaxies above psfMag - cModelMag = 0.5 (chosen on the 'hard' tuning set)
+    config.bootstrap.pseudo.galaxy_margin = 0.35
   if "student" in args:
     config.bootstrap.rounds = 3
   if "no_shrink" in args:

@@ -65,6 +65,7 @@ BOOTSTRAP_SETTINGS = {
     "bootstrap.pseudo.min_snr": cc.number(0, low_open=True),
     "bootstrap.pseudo.cut": cc.number(),
     "bootstrap.pseudo.margin": cc.number(0),
+    "bootstrap.pseudo.galaxy_margin": cc.number(0),
     "bootstrap.pseudo.preselect_fraction": cc.number(0, 1, low_open=True),
     "bootstrap.pseudo.max_fit": cc.integer(5),  # photometry's PSF model needs at least 5 stars
     "bootstrap.pseudo.correlated_noise": cc.boolean,

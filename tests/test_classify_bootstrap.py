@@ -55,6 +55,9 @@ def test_pseudo_label_rule_on_a_constructed_set():
   labels = bootstrap.pseudo_label_rule(difference + 0.02, snr, 0.02, min_snr=50, cut=0.145, margin=0.05)
   s, g, u = bootstrap.PSEUDO_STAR, bootstrap.PSEUDO_GALAXY, bootstrap.NO_LABEL
   np.testing.assert_array_equal(labels, [s, s, u, u, u, g, g, u, u, u])
+  wider = bootstrap.pseudo_label_rule(difference + 0.02, snr, 0.02, min_snr=50, cut=0.145, margin=0.05,
+                                     galaxy_margin=0.5)  # galaxies only above 0.645
+  np.testing.assert_array_equal(wider, [s, s, u, u, u, u, g, u, u, u])
 
 
 def test_is_saturated_flags_a_clipped_star_only():

@@ -68,15 +68,16 @@ def is_saturated(images, band: int = R_BAND) -> np.ndarray:
 
 
 def pseudo_label_rule(psf_minus_cmodel: np.ndarray, snr: np.ndarray, locus_centre: float, *, min_snr: float,
-                      cut: float, margin: float) -> np.ndarray:
+                      cut: float, margin: float, galaxy_margin: float | None = None) -> np.ndarray:
   """(N,) PSEUDO_STAR / PSEUDO_GALAXY / NO_LABEL: at S/N >= min_snr, psfMag - cModelMag measured from the
-  stellar locus below cut - margin is a star, above cut + margin a galaxy; the rest (faint, ambiguous or
+  stellar locus below cut - margin is a star, above cut + galaxy_margin (default: margin) a galaxy; the rest
+  (faint, ambiguous or
   unmeasured) stay unlabelled."""
   d = np.asarray(psf_minus_cmodel, dtype=np.float64) - locus_centre
   confident = np.isfinite(d) & np.isfinite(snr) & (np.asarray(snr) >= min_snr)
   labels = np.full(len(d), NO_LABEL, dtype=np.int8)
   labels[confident & (d < cut - margin)] = PSEUDO_STAR
-  labels[confident & (d > cut + margin)] = PSEUDO_GALAXY
+  labels[confident & (d > cut + (margin if galaxy_margin is None else galaxy_margin))] = PSEUDO_GALAXY
   return labels
 
 
@@ -125,7 +126,7 @@ def measure_set(store, settings) -> BrightEnd:
     snr = fits.cmodel_flux / fits.psf_flux_err
   locus_centre, locus_width = photometry.stellar_locus(difference, snr)
   labels = pseudo_label_rule(difference, snr, locus_centre, min_snr=settings.min_snr, cut=settings.cut,
-                             margin=settings.margin)
+                             margin=settings.margin, galaxy_margin=settings.get("galaxy_margin"))
   stars = labels == PSEUDO_STAR
   if stars.sum() < 2 or (labels == PSEUDO_GALAXY).sum() < 2:
     raise ValueError(f"the bright end holds {stars.sum()} pseudo-stars and {(labels == PSEUDO_GALAXY).sum()} "
