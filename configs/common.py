@@ -63,6 +63,27 @@ def stage1_ae_config(steps: int) -> ml_collections.ConfigDict:
   return ae
 
 
+def classifier_config(steps: int) -> ml_collections.ConfigDict:
+  """The CNN classifier (cutout -> one logit, binary cross-entropy): the bootstrap design and the supervised
+  CNN reference."""
+  stage = ml_collections.ConfigDict()
+  stage.model = "conv_classifier"
+  stage.model_kwargs = ml_collections.ConfigDict(dict(channels=(32, 64, 64), stem_channels=16, crop=32, hidden=64,
+                                                      activation="relu", norm="none"))
+  stage.loss = ml_collections.ConfigDict(dict(bce=1.0))
+  stage.loss_options = ml_collections.ConfigDict()
+  stage.train = train_config(steps)
+  return stage
+
+
+def supervised_cnn_config(steps: int = 1500, folds: int = 5) -> ml_collections.ConfigDict:
+  """The supervised CNN reference: `classifier_config` trained on the labelled images' labels, k-fold."""
+  stage = classifier_config(steps)
+  stage.folds = folds
+  stage.max_shift_px = 0.5  # augmentation: sub-pixel shifts and the dihedral group
+  return stage
+
+
 def score_config(method: str = "isomap", unit: int = 0) -> ml_collections.ConfigDict:
   score = ml_collections.ConfigDict()
   score.method = method  # latent_unit | uncorrelated_with_magnitude | isomap | tsne | spectral | pca | gmm | kmeans
@@ -82,7 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.ae = ml_collections.ConfigDict()  # Stage-1 autoencoder (hierarchical pipelines only).
   config.vae = ml_collections.ConfigDict()  # The classifying model.
   config.score = score_config()
-  config.eval = ml_collections.ConfigDict(dict(supervised_ceiling=True, eval_batch_size=256, plots=True))
+  # supervised_cnn: also train the supervised CNN reference (config.supervised_cnn) on the labels (k-fold).
+  config.eval = ml_collections.ConfigDict(dict(supervised_ceiling=True, supervised_cnn=False, eval_batch_size=256,
+                                               plots=True))
+  config.supervised_cnn = supervised_cnn_config()
   return config
 
 
@@ -92,7 +116,7 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.default_n_unlabelled = 400
   config.data.normalizer_sample = 200
   config.score.fit_size = 300
-  for stage in (config.ae, config.vae):
+  for stage in (config.ae, config.vae, config.supervised_cnn):
     if "train" in stage:
       stage.train.steps = 6
       stage.train.batch_size = 32

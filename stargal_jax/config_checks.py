@@ -192,6 +192,9 @@ def _stage_rules() -> dict[str, Rule]:
       "*.model_kwargs.in_dim": integer(1),
       "*.model_kwargs.hidden": integer(1),
       "*.model_kwargs.channels": each(integer(1)),
+      "*.model_kwargs.stem_channels": integer(1),
+      "*.model_kwargs.crop": integer(1),  # its range against the image (even margin) is the model's, traced
+      "*.loss_options.*.label_smoothing": number(0, 1),
       "*.model_kwargs.eps_scale": number(0),
       "*.model_kwargs.leaky_slope": number(0),
       "*.loss.*": number(0),  # a term's weight; 0 leaves the term out
@@ -213,6 +216,7 @@ def _stage_rules() -> dict[str, Rule]:
       "*.train.augment": choice(inputs.AUGMENTATIONS, "augmentation"),
       "eval.eval_batch_size": integer(1),
       "eval.supervised_ceiling": boolean,
+      "eval.supervised_cnn": boolean,
       "eval.plots": boolean,
   }
 
@@ -308,7 +312,7 @@ def _traced_stage(model: str, block_json: str, input_shape: tuple[int, ...]) -> 
   import jax
   import jax.numpy as jnp
 
-  from stargal_jax import models, train
+  from stargal_jax import losses, models, train
 
   block = json.loads(block_json)
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in block["model_kwargs"].items()}
@@ -318,7 +322,10 @@ def _traced_stage(model: str, block_json: str, input_shape: tuple[int, ...]) -> 
     graphdef, state, step_fn = train.initial_state(network, _TRACE_TRAIN, block["loss"], block["loss_options"],
                                                    key)
     x = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
-    step_fn(state, {"x": x}, key)
+    batch = {"x": x}
+    if losses.LABEL_TERMS & {k for k, w in block["loss"].items() if float(w) > 0}:
+      batch["label"] = jnp.zeros((2,), jnp.float32)  # a classifier stage's batches carry (pseudo-)labels
+    step_fn(state, batch, key)
     outputs, _ = models.apply_model(graphdef, state["params"], state["model_state"], x, key=key, train=True)
     return outputs
 

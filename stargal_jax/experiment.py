@@ -56,7 +56,30 @@ CLASSIFICATION_SETTINGS = {
     "score.unit": cc.integer(0),
     "score.n_neighbors": cc.integer(1),
     "score.fit_size": cc.integer(1),
+    # The supervised CNN reference (eval.supervised_cnn): k-fold on the labelled images' labels.
+    "supervised_cnn.folds": cc.integer(2),
+    "supervised_cnn.max_shift_px": cc.number(0),
 }
+# The bootstrapped design's own settings (configs/bootstrap.py, classify.bootstrap).
+BOOTSTRAP_SETTINGS = {
+    "bootstrap.pseudo.min_snr": cc.number(0, low_open=True),
+    "bootstrap.pseudo.cut": cc.number(),
+    "bootstrap.pseudo.margin": cc.number(0),
+    "bootstrap.pseudo.galaxy_margin": cc.number(0),
+    "bootstrap.pseudo.preselect_fraction": cc.number(0, 1, low_open=True),
+    "bootstrap.pseudo.max_fit": cc.integer(5),  # photometry's PSF model needs at least 5 stars
+    "bootstrap.pseudo.correlated_noise": cc.boolean,
+    "bootstrap.degrade.shrink_exponent_max": cc.number(0),
+    "bootstrap.degrade.max_scale": cc.number(1),
+    "bootstrap.degrade.broaden": cc.boolean,
+    "bootstrap.degrade.max_shift_px": cc.number(0),
+    "bootstrap.degrade.keep_bright_fraction": cc.number(0, 1),
+    "bootstrap.rounds": cc.integer(1),
+    "bootstrap.student_confident_logit": cc.number(0),
+    "bootstrap.student_real_fraction": cc.number(0, 1, high_open=True),
+    "bootstrap.stop_changed_fraction": cc.number(0, 1),
+}
+PIPELINE_SETTINGS = {"bootstrap": BOOTSTRAP_SETTINGS}  # pipeline -> the settings only it has
 # What the label-free score and the evaluation read: changing them re-scores the trained latents.
 CLASSIFICATION_SCORING = ("score.*", "data.star_fraction", "data.mag_bins", "eval.*")
 
@@ -75,6 +98,27 @@ def classification_stages(config, pipeline_name: str | None = None) -> dict[str,
     raise cc.ConfigError(f"config.score.unit = {config.score.unit}: must be < {dim}, the latent size of "
                          f"config.{pipeline.encoder[-1]}")
   return shapes
+
+
+def supervised_cnn_stage(config) -> None:
+  """With eval.supervised_cnn, its stage block traced like a trained stage."""
+  if config.eval.get("supervised_cnn", False):
+    cc.check_stage(config, "supervised_cnn")
+
+
+def supervised_cnn_fits(config, opened: inputs.Stores) -> None:
+  """With eval.supervised_cnn, a batch fits in each fold's training part of the labelled set."""
+  if not config.eval.get("supervised_cnn", False):
+    return
+  folds, n = int(config.supervised_cnn.folds), len(opened.labelled)
+  smallest = n - -(-n // folds)  # the training part of the largest held-out fold
+  problems = []
+  if folds > n:
+    problems.append(f"config.supervised_cnn.folds = {folds}: must be <= the {n} labelled objects")
+  elif config.supervised_cnn.train.batch_size > smallest:
+    problems.append(f"config.supervised_cnn.train.batch_size = {config.supervised_cnn.train.batch_size}: must be "
+                    f"<= {smallest}, the labelled objects a fold trains on ({n} in {opened.source}, {folds} folds)")
+  cc.fail(problems)
 
 
 def _check_seed_scope(config) -> None:
@@ -125,9 +169,9 @@ _classifier_stages = lambda config: list(pipelines.get_pipeline(config.pipeline)
 
 def _classification_run(name: str, p: pipelines.Pipeline) -> Run:
   return Run(classify_job.run, multiprocess=True, summary=f"classification: {name} ({', '.join(p.stages)})",
-             settings={**cc.ground_settings(), **CLASSIFICATION_SETTINGS},
-             checks=(cc.check_both_sources, _check_seed_scope, classification_stages),
-             data_checks=(training_set_fits(_classifier_stages), both_classes),
+             settings={**cc.ground_settings(), **CLASSIFICATION_SETTINGS, **PIPELINE_SETTINGS.get(name, {})},
+             checks=(cc.check_both_sources, _check_seed_scope, classification_stages, supervised_cnn_stage),
+             data_checks=(training_set_fits(_classifier_stages), both_classes, supervised_cnn_fits),
              scoring_keys=CLASSIFICATION_SCORING, seed_layout=seed_layout)
 
 

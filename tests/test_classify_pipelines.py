@@ -11,7 +11,9 @@ from stargal_jax.data import store as stores
 from conftest import load_config
 
 # One config per pipeline (configs/*.py whose `pipeline` it is).
-CONFIG_OF = {"vae_manifold": "vae_manifold", "ae_vae": "cvae", "vae_aeloss": "vae_aeloss"}
+CONFIG_OF = {"vae_manifold": "vae_manifold", "ae_vae": "cvae", "vae_aeloss": "vae_aeloss", "bootstrap": "bootstrap"}
+# The stage whose latents are scored: the VAE of the study's designs, the classifier of the bootstrapped one.
+SCORED_STAGE = {"bootstrap": "classifier"}
 
 
 def test_every_pipeline_entry_matches_its_config_and_the_run_registry():
@@ -21,7 +23,7 @@ def test_every_pipeline_entry_matches_its_config_and_the_run_registry():
     assert config.pipeline == name and name in experiment.RUNS
     for stage in pipeline.stages:  # every stage is a trained config block
       assert {"model", "model_kwargs", "loss", "loss_options", "train"} <= set(config[stage])
-    assert set(pipeline.encoder) <= set(pipeline.stages) and pipeline.encoder[-1] == "vae"
+    assert set(pipeline.encoder) <= set(pipeline.stages) and pipeline.encoder[-1] == SCORED_STAGE.get(name, "vae")
     if pipeline.stage2_vmaps_over_seeds:  # a shared stage 1 whose codes feed the vmapped stage 2
       assert pipeline.stages == pipeline.encoder == ("ae", "vae")
 

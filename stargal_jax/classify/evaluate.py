@@ -1,4 +1,5 @@
-"""Label-free scores -> metrics beside the classical baselines and a supervised ceiling; a seed study's summary.
+"""Label-free scores -> metrics beside the classical baselines, a supervised ceiling and (when asked) the supervised
+CNN reference; a seed study's summary.
 
 Labels are read here and only here (and in `outputs`, which writes them beside the latents), after training,
 to score what the unsupervised method produced. The score itself comes from `scoring`, without labels.
@@ -6,10 +7,13 @@ to score what the unsupervised method produced. The score itself comes from `sco
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import jax
 import numpy as np
 
 from stargal_jax import metrics
-from stargal_jax.classify import manifold, scoring
+from stargal_jax.classify import manifold, scoring, supervised_reference
 from stargal_jax.data.formats import CLASS_CODES
 
 # The per-seed numbers a seed study summarises (mean, std, min, max, 95% t-interval).
@@ -37,6 +41,17 @@ def evaluate(latents: np.ndarray, scored: dict, labelled_store, measurements: di
     result["supervised_ceiling"] = manifold.supervised_ceiling(latents, is_galaxy, seed=seed)
   result.update(score=scored["score"], pred=scored["pred"], threshold=scored["threshold"])
   return result
+
+
+def supervised_cnn(config, inputs, measurements: dict, workdir: Path) -> dict:
+  """The supervised CNN reference (`supervised_reference`, k-fold out-of-fold logits on the labelled images and
+  their labels), scored like every other row."""
+  is_galaxy = is_galaxy_of(inputs.labelled)
+  scores = supervised_reference.out_of_fold_scores(
+      config.supervised_cnn, inputs.labelled, is_galaxy, inputs.normalizer, workdir,
+      jax.random.fold_in(jax.random.key(config.seed), 12), int(config.eval.eval_batch_size))
+  return metrics.classification_metrics(is_galaxy, scores, config.data.star_fraction, measurements["r_mag"],
+                                        tuple(config.data.mag_bins))
 
 
 def consensus_metrics(evaluations: list[dict], is_galaxy, star_fraction: float, r_mag, mag_bins) -> dict:

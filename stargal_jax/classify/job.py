@@ -76,11 +76,16 @@ def _classify(config, inputs: inputs_lib.Inputs, workdir: Path, out_dir: Path) -
         supervised_ceiling=config.eval.supervised_ceiling and s == 0))
   extra = {"pipeline": config.pipeline, "seed": config.seed, "data_source": inputs.source,
            "n_labelled": len(inputs.labelled), "n_unlabelled": len(inputs.unlabelled),
-           "wall_seconds": time.perf_counter() - t0, "devices": [str(d) for d in jax.devices()]}
+           "devices": [str(d) for d in jax.devices()]}
+  if config.eval.get("supervised_cnn", False):  # the supervised CNN reference, on the labels (evaluation only)
+    extra["supervised_cnn"] = evaluate.supervised_cnn(config, inputs, measurements, workdir)
+  extra["wall_seconds"] = time.perf_counter() - t0
   out = outputs.write_outputs(out_dir, evaluations, latents_per_seed, inputs.labelled, measurements, star_fraction,
                               mag_bins, extra, config.to_json_best_effort(indent=2),
                               make_plots=config.eval.plots and distributed.is_writer(), config=config)
   base = {k: round(v["auc"], 4) for k, v in out["baselines"].items()}
+  if "supervised_cnn" in out:
+    base = f"{base} | supervised CNN {out['supervised_cnn']['auc']:.4f}"
   if config.num_seeds > 1:
     print(f"[result] {config.num_seeds} seeds: auc {out['auc_mean']:.4f} +- {out['auc_std']:.4f} "
           f"(min {out['auc_min']:.4f}, max {out['auc_max']:.4f}), accuracy {out['accuracy_mean']:.4f}, "

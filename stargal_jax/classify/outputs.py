@@ -45,11 +45,13 @@ def run_metrics(evaluation: dict, extra_metrics: dict) -> dict:
 
 
 def report_rows(out: dict) -> dict:
-  """The report's rows: the method, each classical baseline, and the supervised ceiling."""
+  """The report's rows: the method, each classical baseline, the supervised ceiling and CNN reference."""
   rows = {"unsupervised method": dict(out["method"], kind="method")}
   rows.update({f"baseline: {k}": dict(v, kind="baseline") for k, v in out["baselines"].items()})
   if "supervised_ceiling" in out:
     rows["supervised ceiling (logistic regression on latents, CV)"] = dict(out["supervised_ceiling"], kind="ceiling")
+  if "supervised_cnn" in out:
+    rows["supervised CNN reference (trained on the labels, k-fold CV)"] = dict(out["supervised_cnn"], kind="ceiling")
   return rows
 
 

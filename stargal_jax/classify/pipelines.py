@@ -9,6 +9,8 @@ studies, predict) reads these entries.
 - `vae_manifold`: one conv model (VAE with any latent penalty, or a plain AE) on the images (V+M, Vr(X)+M, A+M).
 - `ae_vae`: stage-1 conv AE -> 30-d codes; stage-2 dense VAE on the codes (A+Vr, and the final 'conditional VAE').
 - `vae_aeloss`: stage-1 conv AE; a conv VAE whose reconstruction is measured in the frozen AE's code space.
+- `bootstrap`: a CNN trained on the unlabelled set's bright end, pseudo-labelled by psfMag - cModelMag and
+  degraded to its faint end (`classify.bootstrap`); beyond the study.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from stargal_jax import inputs as inputs_lib
 from stargal_jax import registry, stages, train
+from stargal_jax.classify import bootstrap
 
 PipelineFn = Callable[..., dict]  # (config, inputs, workdir, key) -> {'latents': (N, d), 'history': {...}}
 SEED_SCOPES = ("all", "stage2")
@@ -99,6 +102,9 @@ PIPELINES: dict[str, Pipeline] = {
     "ae_vae": Pipeline(ae_vae, stages=("ae", "vae"), encoder=("ae", "vae"), stage2_vmaps_over_seeds=True),
     # vae_aeloss's AE shapes the loss only: the VAE alone encodes.
     "vae_aeloss": Pipeline(vae_aeloss, stages=("ae", "vae"), encoder=("vae",), stage2_vmaps_over_seeds=False),
+    # bootstrap's latent is the classifier's logit; with rounds > 1 the last round is kept as 'classifier'.
+    "bootstrap": Pipeline(bootstrap.train_bootstrap, stages=("classifier",), encoder=("classifier",),
+                          stage2_vmaps_over_seeds=False),
 }
 STAGE2_SEEDS_DIR = "vae_seeds"  # checkpoints/<this>: the vmapped stage 2 of a seed_scope='stage2' study
 

@@ -1,7 +1,7 @@
 """Loss terms: small pure JAX functions, combined by weight into one loss by `make_loss_fn`.
 
 - `base`: the conventions every term follows (signature, `units`, priors and their samples).
-- `terms`: reconstruction, KL-type and Wasserstein-flavoured penalties.
+- `terms`: reconstruction, KL-type and Wasserstein-flavoured penalties, and a binary cross-entropy on labels.
 - `adversarial`: WAE-GAN's encoder term and its critic, a `StatefulTerm` the trainer carries without knowing it.
 
 The names below are the package's public surface; `LOSS_TERMS` and `STATEFUL_TERMS` are the registries.
@@ -21,12 +21,12 @@ from stargal_jax.losses.adversarial import (GP_WEIGHT, adversarial, critic_apply
                                             gradient_penalty, init_critic, interpolate)
 from stargal_jax.losses.base import (DEFAULT_M, DEFAULT_S, PRIORS, Array, LossFn, LossTerm, StatefulTerm,
                                      sample_prior)
-from stargal_jax.losses.terms import (MMD_SCALES, aw, aw_star, dkl, dkl_authors, kl, kl_to_bimodal,
+from stargal_jax.losses.terms import (MMD_SCALES, aw, aw_star, bce, dkl, dkl_authors, kl, kl_to_bimodal,
                                       kl_to_bimodal_authors, l2_density_distance, mmd, mmd_imq, pw, pw_star,
                                       radial_window, recon_mse, recon_nll, recon_window, sc)
 
-__all__ = ["DEFAULT_M", "DEFAULT_S", "GP_WEIGHT", "LOSS_TERMS", "MMD_SCALES", "PRIORS", "STATEFUL_TERMS", "Array",
-           "LossFn", "LossTerm", "StatefulTerm", "adversarial", "aw", "aw_star", "critic_apply", "critic_loss",
+__all__ = ["DEFAULT_M", "DEFAULT_S", "GP_WEIGHT", "LABEL_TERMS", "LOSS_TERMS", "MMD_SCALES", "PRIORS", "STATEFUL_TERMS", "Array",
+           "LossFn", "LossTerm", "StatefulTerm", "adversarial", "aw", "aw_star", "bce", "critic_apply", "critic_loss",
            "critic_term", "dkl", "dkl_authors", "gradient_penalty", "init_critic", "interpolate", "kl",
            "kl_to_bimodal", "kl_to_bimodal_authors", "l2_density_distance", "make_loss_fn", "mmd", "mmd_imq", "pw",
            "pw_star", "radial_window", "recon_mse", "recon_nll", "recon_window", "sample_prior", "sc", "stateful_terms",
@@ -47,7 +47,10 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "mmd": mmd,
     "adversarial": adversarial,
     "recon_window": recon_window,  # added last: the keys of the terms above keep their positions
+    "bce": bce,  # after recon_window, for the same reason
 }
+# Terms that read the batch's 'label' (B,) beside its images (the classifier stages' pseudo- or true labels).
+LABEL_TERMS: frozenset[str] = frozenset({"bce"})
 # Terms with state of their own: name -> builder(options, latent_dim, learning_rate) -> StatefulTerm.
 STATEFUL_TERMS: dict[str, Callable[..., StatefulTerm]] = {"adversarial": critic_term}
 

@@ -283,3 +283,19 @@ def mmd(outputs: Mapping, batch: Mapping, context: Mapping, *, units: Sequence[i
   base = 2.0 * z.shape[1] * prior_variance(prior, m, s)
   return mmd_imq(z, prior_z, (base * jnp.asarray(scales)).astype(z.dtype))
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification
+
+
+def bce(outputs: Mapping, batch: Mapping, context: Mapping, *, label_smoothing: float = 0.0) -> Array:
+  """Binary cross-entropy of outputs['logit'] (B,) against batch['label'] (B,) in [0, 1] (1 = galaxy):
+  softplus(l) - y l = -y log sigmoid(l) - (1 - y) log(1 - sigmoid(l)), with y smoothed towards 1/2 by
+  `label_smoothing`; the batch['weight'] (B,) weighted mean when the batch carries weights, else the mean."""
+  logit = require(outputs, "logit", "bce", "outputs")
+  label = jnp.asarray(require(batch, "label", "bce", "batch"), logit.dtype)
+  target = label * (1.0 - label_smoothing) + 0.5 * label_smoothing
+  per_example = jax.nn.softplus(logit) - target * logit
+  weight = jnp.asarray(batch.get("weight", jnp.ones_like(per_example)), logit.dtype)
+  return jnp.sum(weight * per_example) / jnp.maximum(jnp.sum(weight), 1e-12)

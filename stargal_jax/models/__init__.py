@@ -18,11 +18,11 @@ from flax import nnx
 from stargal_jax import registry
 from stargal_jax.models.conv2x import (Conv2x, UpConv2x, conv_stride2, downconv2x, kernel_grad,
                                        same_padding_stride2, transpose_stride2, upconv2x)
-from stargal_jax.models.networks import (ACTIVATIONS, CONV_IMPLS, NORMS, ConvAE, ConvDecoder, ConvEncoder,
+from stargal_jax.models.networks import (ACTIVATIONS, CONV_IMPLS, NORMS, ConvAE, ConvClassifier, ConvDecoder, ConvEncoder,
                                          ConvVAE, DenseVAE, ResidualConvAE, get_activation, hypercolumns)
 
 Array = jax.Array
-__all__ = ["ACTIVATIONS", "CONV_IMPLS", "NORMS", "MODELS", "Conv2x", "UpConv2x", "ConvAE", "ConvDecoder",
+__all__ = ["ACTIVATIONS", "CONV_IMPLS", "NORMS", "MODELS", "Conv2x", "UpConv2x", "ConvAE", "ConvClassifier", "ConvDecoder",
            "ConvEncoder", "ConvVAE", "DenseVAE", "ResidualConvAE", "apply_model", "build_model", "conv_stride2",
            "downconv2x", "get_activation", "hypercolumns", "kernel_grad", "same_padding_stride2", "split_model",
            "transpose_stride2", "upconv2x"]
@@ -35,6 +35,7 @@ MODELS: dict[str, type[nnx.Module]] = {
   "conv_ae": ConvAE,
   "residual_conv_ae": ResidualConvAE,
   "dense_vae": DenseVAE,
+  "conv_classifier": ConvClassifier,
 }
 
 

@@ -1,6 +1,7 @@
 """The networks: conv encoder / decoder stacks (mirrored), `ConvVAE` (baseline V+M), `ConvAE` (stage-1 AE of the
 hierarchical designs), `ResidualConvAE` (additive skips, for segmentation), `DenseVAE` (stage-2 VAE on AE codes,
-the 'conditional VAE'), and `hypercolumns`, per-pixel stacks of upsampled activation maps (Hariharan et al. 2014).
+the 'conditional VAE'), `ConvClassifier` (a cutout -> one logit), and `hypercolumns`, per-pixel stacks of
+upsampled activation maps (Hariharan et al. 2014).
 
 Modules take NHWC images `(B, 64, 64, 5)` (or `(B, D)` codes for `DenseVAE`) and return a dict of outputs, never
 losses; they hold no optimiser state. Sampling takes an explicit PRNG key; without one the latent is its mean.
@@ -301,6 +302,41 @@ class DenseVAE(nnx.Module):
     z = _sample_latent(mu, log_sigma, key, self.eps_scale)
     recon = get_activation(self.out_activation)(self.to_output(jnp.tanh(self.decode_hidden(z))))
     return {"mu": mu, "log_sigma": log_sigma, "z": z, "recon": recon}
+
+
+class ConvClassifier(nnx.Module):
+  """A small CNN that maps a cutout to one logit (larger = galaxy): the bootstrapped classifier and the
+  supervised reference.
+
+  The central `crop` x `crop` pixels (the object; faint objects are a few pixels across) -> a stride-1 conv at
+  full resolution (the PSF-versus-slightly-extended difference lives at the pixel scale) -> stride-2 conv
+  blocks -> Dense(hidden) -> one logit. Outputs 'logit' (B,) and 'z' (B, 1), the latent the classification
+  wing reads (`pipelines.latents_of`).
+  """
+
+  def __init__(self, in_channels: int = 5, channels: Sequence[int] = (32, 64, 128), stem_channels: int = 32,
+               kernel_size: int = 3, activation: str = "relu", norm: str = "none", crop: int = 32,
+               hidden: int = 64, *, downconv: str = "adjoint", image_size: int = 64, rngs: nnx.Rngs):
+    if not 0 < crop <= image_size or (image_size - crop) % 2:
+      raise ValueError(f"crop {crop} must be in (0, {image_size}] with an even margin")
+    get_activation(activation)
+    self.activation = activation
+    self.crop = crop
+    self.margin = (image_size - crop) // 2
+    self.stem = nnx.Conv(in_channels, stem_channels, (kernel_size, kernel_size), padding="SAME", rngs=rngs)
+    self.encoder = ConvEncoder(stem_channels, channels, kernel_size, activation, norm, downconv=downconv,
+                               image_size=crop, rngs=rngs)
+    self.hidden = nnx.Linear(self.encoder.features, hidden, rngs=rngs)
+    self.to_logit = nnx.Linear(hidden, 1, rngs=rngs)
+
+  def __call__(self, x: Array, *, key: Array | None = None, train: bool = False) -> dict[str, Array]:
+    del key  # deterministic
+    act = get_activation(self.activation)
+    m = self.margin
+    x = x[:, m:m + self.crop, m:m + self.crop, :]
+    features, _ = self.encoder(act(self.stem(x)), train=train)
+    logit = self.to_logit(act(self.hidden(features)))
+    return {"logit": logit[:, 0], "z": logit}
 
 
 # ---------------------------------------------------------------------------------------------
