@@ -24,8 +24,10 @@ def smoke_config(name, cache, arg="smoke"):
   return config
 
 
-def check_against_written_files(out, workdir, star_fraction=0.3):
-  """The headline numbers, recomputed with sklearn from predictions.npz and latents.npz."""
+def check_against_written_files(out, workdir):
+  """The headline numbers, recomputed with sklearn from predictions.npz and latents.npz (the prior from the run's
+  config.json)."""
+  star_fraction = json.loads((workdir / "config.json").read_text())["data"]["star_fraction"]
   pred = np.load(workdir / "predictions.npz", allow_pickle=False)
   saved = np.load(workdir / "latents.npz", allow_pickle=False)
   galaxy = saved["label"] == 1

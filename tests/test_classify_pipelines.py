@@ -73,4 +73,4 @@ def test_one_seed_train_latents_are_the_pipelines_own(tmp_path):
   x = np.transpose(inputs.labelled.images, (0, 2, 3, 1))
   direct = train.predict_in_batches(restored, lambda idx: x[idx], 48, 48)["mu"]
   np.testing.assert_allclose(latents[0], direct, rtol=1e-5, atol=1e-6)
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "tensorboard"]  # the stage's curves

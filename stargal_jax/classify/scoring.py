@@ -178,6 +178,9 @@ def raw_score(latents: np.ndarray, score_config, seed: int, measurements: dict) 
 def orient_and_threshold(raw: np.ndarray, measurements: dict, star_fraction: float) -> dict[str, Any]:
   """A raw score oriented by the images' extendedness (larger = galaxy) and cut at the prior star fraction."""
   score, sign = metrics.orient_score(raw, measurements["extendedness"])
+  # Rounded to the float32 that predictions.npz and the catalogues hold, so every metric is that of the delivered
+  # score (a GMM posterior's near-1 values differ below float32 precision and would tie only after saving).
+  score = score.astype(np.float32).astype(np.float64)
   return {"score": score, "pred": metrics.prior_threshold_predictions(score, star_fraction),
           "orientation_sign": int(sign), "threshold": float(np.quantile(score, star_fraction))}
 
