@@ -126,6 +126,18 @@ class TrainingImages:
       raise ValueError("no indices to read")
     return out
 
+  def subset(self, indices) -> "TrainingImages":
+    """A view on some rows, in the order given (indices restart at 0): each run of consecutive indices in one
+    part becomes that part's `subset`, so the concatenation keeps the order."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f"indices outside 0..{len(self) - 1}")
+    part = np.searchsorted(self.offsets, indices, side="right") - 1
+    starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]]) if indices.size else np.array([], np.int64)
+    ends = np.r_[starts[1:], indices.size]
+    return TrainingImages([self.parts[part[a]].subset(indices[a:b] - self.offsets[part[a]])
+                           for a, b in zip(starts, ends)])
+
   def suspect_rows(self, indices, top: int = 5) -> list[dict]:
     """`Store.suspect_rows` over the parts: each part's candidates, the worst `top` of all (same ordering)."""
     indices = np.asarray(indices, dtype=np.int64)

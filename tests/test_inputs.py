@@ -184,6 +184,12 @@ def test_training_images_join_stores_without_labels(tmp_path):
   both = np.concatenate([images[:10], images])  # unlabelled u0..u9, then the labelled set in store order
   pick = np.array([21, 0, 10, 9, 15])
   np.testing.assert_array_equal(inputs.unlabelled.read(pick), both[pick])
+  # A subset (what the segmentation fits on) is a view in the order given, across the parts.
+  rows = np.array([3, 12, 13, 4, 21])
+  view = inputs.unlabelled.subset(rows)
+  assert len(view) == 5 and np.all(view.index["label"] == -1)
+  np.testing.assert_array_equal(view.read(np.arange(5)), both[rows])
+  np.testing.assert_array_equal(view.subset([4, 0]).read([0, 1]), both[[21, 3]])
 
 
 def test_training_images_name_suspect_rows_across_parts(tmp_path):

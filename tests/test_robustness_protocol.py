@@ -32,7 +32,7 @@ def test_tiny_protocol_end_to_end(tmp_path, smoke_cache, monkeypatch):
     assert 0.0 <= row["ceiling_codes_logistic"] <= 1.0 and row["seeds"] == 2
   config = json.loads((cells.cell_dir(tmp_path, cells.CellSpec("cvae.py", "no_neighbours", "smoke", 2))
                        / "config.json").read_text())
-  assert config["data"]["sim_params"]["neighbour_fraction"] == 0.0
+  assert config["data"]["sim_params"]["neighbour_density_scale"] == 0.0
   if cells.REAL in distributions:
     assert rows["real"][0]["n_real"] == 200 and len(rows["real"][0]["ks_score"]) == 4
   assert md_path.read_text().count("| `cvae.py` |") == len(distributions)

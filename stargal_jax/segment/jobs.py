@@ -213,11 +213,15 @@ def run_seg_cvae(config, workdir: str | Path) -> dict:
   key = jax.random.fold_in(jax.random.key(config.seed), 1000)
   result = fitted_model.train_autoencoder(sc, sc.model, fetch_u, all_rows, key, workdir)
   k = int(sc.k)
-  fitted = fitted_model.fit_segmentation(result, sc, inputs.normalizer, inputs.unlabelled, [k], config.seed)
+  # With data.train_on_labelled_images the training set joins both stores; the segmentation and the masked
+  # copies are made per store, and the masked training set is joined again the same way.
+  joined = isinstance(inputs.unlabelled, inputs_lib.TrainingImages)
+  unlabelled_store = inputs.unlabelled.parts[0] if joined else inputs.unlabelled
+  fitted = fitted_model.fit_segmentation(result, sc, inputs.normalizer, unlabelled_store, [k], config.seed)
   fitted_model.save_segmenter(workdir / "segmenter.npz", fitted)
   options = labelling.LabelOptions.from_config(sc)
   masks = {}
-  for name, store in (("unlabelled", inputs.unlabelled), ("labelled", inputs.labelled)):
+  for name, store in (("unlabelled", unlabelled_store), ("labelled", inputs.labelled)):
     fetch = inputs_lib.model_images(store, inputs.normalizer)
     masks[name] = fitted_model.segment_set(fitted.segmenters, fitted.hypercolumn_fn, fetch, len(store),
                                            int(sc.chunk), options)[k]
@@ -226,12 +230,13 @@ def run_seg_cvae(config, workdir: str | Path) -> dict:
                       mask=masks["labelled"])
   np.savez_compressed(workdir / "segmentation_unlabelled.npz", mask=masks["unlabelled"])
   masked_dir = workdir / "masked_stores"
+  masked_unlabelled = write_masked_store(unlabelled_store, masks["unlabelled"], masked_dir / "unlabelled",
+                                         config.seed, int(sc.mask_dilate))
+  masked_labelled = write_masked_store(inputs.labelled, masks["labelled"], masked_dir / "labelled",
+                                       config.seed + 1, int(sc.mask_dilate))
   masked_inputs = dataclasses.replace(
-      inputs, source=f"{inputs.source}, neighbours masked",
-      unlabelled=write_masked_store(inputs.unlabelled, masks["unlabelled"], masked_dir / "unlabelled",
-                                    config.seed, int(sc.mask_dilate)),
-      labelled=write_masked_store(inputs.labelled, masks["labelled"], masked_dir / "labelled",
-                                  config.seed + 1, int(sc.mask_dilate)))
+      inputs, source=f"{inputs.source}, neighbours masked", labelled=masked_labelled,
+      unlabelled=inputs_lib.TrainingImages((masked_unlabelled, masked_labelled)) if joined else masked_unlabelled)
   _progress("masked stores written", t0)
   classifier = _classifier_config(config)
   # Each run's metrics and its label-free scores (S, N), as its predictions.npz stores them.
