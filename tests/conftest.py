@@ -25,8 +25,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def load_config(name, arg="smoke"):
-  """configs/<name>.py's get_config(arg), loaded by path (the tests import it from here)."""
+def config_module(name):
+  """configs/<name>.py as a module, loaded by path (its ARGUMENTS, get_config)."""
   spec = importlib.util.spec_from_file_location(f"configs.{name}", REPO / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.path.insert(0, str(REPO))
@@ -34,7 +34,12 @@ def load_config(name, arg="smoke"):
     spec.loader.exec_module(module)
   finally:
     sys.path.remove(str(REPO))
-  return module.get_config(arg)
+  return module
+
+
+def load_config(name, arg="smoke"):
+  """configs/<name>.py's get_config(arg), loaded by path (the tests import it from here)."""
+  return config_module(name).get_config(arg)
 
 
 @pytest.fixture(scope="session")

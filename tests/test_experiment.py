@@ -8,7 +8,7 @@ import pytest
 
 from stargal_jax import experiment, registry
 from stargal_jax.classify import pipelines
-from conftest import load_config
+from conftest import config_module, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,6 @@ def test_launch_rejects_unknown_config_key_and_argument_on_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # issue 14: a run never reports results it did not compute (run identity, workdir lock, validation first).
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -252,13 +251,7 @@ def test_every_shipped_config_passes_the_checks(tmp_path, monkeypatch):
   for path in sorted((REPO / "configs").glob("*.py")):
     if path.stem in ("__init__", "common"):
       continue
-    spec = importlib.util.spec_from_file_location(f"configs.{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO))
-    try:
-      spec.loader.exec_module(module)
-    finally:
-      sys.path.remove(str(REPO))
+    module = config_module(path.stem)
     for arg in (None, *getattr(module, "ARGUMENTS", ("smoke",))):
       config = load_config(path.stem, arg)
       experiment.check_config(config)
