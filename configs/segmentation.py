@@ -54,6 +54,10 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
   seg.faint = False
   seg.faint_peak = 5.0
   seg.faint_low = 2.0
+  # Mask edges at an isophote (segment/edges.py): each segment's outline moved to `edge_level` sigma of the
+  # smoothed S/N map, the clusters still deciding which objects there are and which pixel is whose.
+  seg.edges = False
+  seg.edge_level = 1.5
   seg.crowding = True
   seg.flood_images = 500
   seg.flood_quantile = 0.995

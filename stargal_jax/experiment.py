@@ -213,6 +213,8 @@ SEGMENTATION_SETTINGS = {
     "seg.faint": cc.boolean,
     "seg.faint_peak": cc.number(0, low_open=True),
     "seg.faint_low": cc.number(0, low_open=True),
+    "seg.edges": cc.boolean,
+    "seg.edge_level": cc.number(0, low_open=True),
     "seg.crowding": cc.boolean,
     "seg.flood_images": cc.integer(1),
     "seg.flood_quantile": cc.number(0, 1),
@@ -224,7 +226,7 @@ SEGMENTATION_SCORING = CLASSIFICATION_SCORING + tuple(f"seg.{key}" for key in (
     "hypercolumn_layers", "detection_share", "detection_sigma_px", "k", "ks", "sample_pixels", "fit_images",
     "kmeans_algorithm", "rule", "snr_threshold", "snr_bands", "min_area", "connectivity", "centre_radius", "chunk",
     "score_images", "sep_bands", "sep_thresholds", "sep_minarea", "mag_bins", "mask_dilate",
-    "classifier_pipeline", "deblend*", "faint*", "crowding", "flood_*", "local_box"))
+    "classifier_pipeline", "deblend*", "faint*", "edge*", "crowding", "flood_*", "local_box"))
 # seg_cvae trains its classifier on the masked images: the masks' settings bind its checkpoints too.
 SEG_CVAE_SCORING = CLASSIFICATION_SCORING + ("seg.ks", "seg.score_images", "seg.sep_*", "seg.mag_bins")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from stargal_jax.segment import crowding, deblend, fitted_model, labelling, pipeline, pixel_kmeans, pixels
+from stargal_jax.segment import crowding, deblend, edges, fitted_model, labelling, pipeline, pixel_kmeans, pixels
 from synthetic_scenes import NOISE
 
 NORMALIZER = {"method": "zscore", "center": [0.0] * 5, "scale": NOISE.tolist(), "version": 1, "bands": list("ugriz")}
@@ -79,3 +79,25 @@ def test_crowding_rule_switches_on_only_for_flooded_cutouts(fitted):
   np.testing.assert_array_equal(on[:2], off[:2])
   assert crowding.object_fraction(on[2:] > 0).max() <= limit
   assert (on[2:, 31, 31] == 1).all()  # the central object survives the local background
+
+
+def test_edges_move_the_deblended_outlines_to_the_isophote(fitted):
+  images = _scenes(3, 5)
+  options = deblend.DeblendOptions(contrast=0.005)
+  split = pipeline.segment_images(fitted, 3, images, refinements=pipeline.Refinements(options))[0]
+  moved = pipeline.segment_images(fitted, 3, images, refinements=pipeline.Refinements(options, edge_level=3.0))[0]
+  snr = pipeline.smoothed_snr(images, 1.2)
+  np.testing.assert_array_equal(moved, edges.follow_isophote(split, snr, 3.0))
+  # Every object pixel is above the level, and every pixel above it next to the pair belongs to the pair.
+  assert (snr[moved > 0] > 3.0).all()
+  for i in range(3):
+    pair = ndimage.label(snr[i] > 3.0, structure=np.ones((3, 3)))[0]
+    np.testing.assert_array_equal(moved[i] > 0, pair == pair[31, 31])
+
+
+def test_refinements_from_config_read_the_edge_setting():
+  from configs import segmentation
+  sc = segmentation.seg_config()
+  assert pipeline.Refinements.from_config(sc).edge_level is None
+  sc.edges, sc.edge_level = True, 2.5
+  assert pipeline.Refinements.from_config(sc).edge_level == 2.5

@@ -60,10 +60,11 @@ def _seeds(snr: np.ndarray, node: np.ndarray, thresholds: np.ndarray, start: int
   return [node]
 
 
-def _flood(snr: np.ndarray, segment: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def priority_flood(snr: np.ndarray, segment: np.ndarray, seeds: np.ndarray, assign_unreached: bool = True) -> np.ndarray:
   """Seed labels (int image, 0 = unassigned) grown over `segment` by a priority flood (Meyer's watershed): the
   unassigned pixel of highest S/N next to a labelled one takes the label of the neighbour that reached it
-  first, so every pixel goes down its own slope to the peak it belongs to."""
+  first, so every pixel goes down its own slope to the peak it belongs to. Pixels of `segment` that no seed
+  reaches through it go to the nearest seed (`assign_unreached`) or stay 0."""
   labels = seeds.copy()
   h, w = snr.shape
   heap: list[tuple[float, int, int, int, int]] = []
@@ -87,7 +88,7 @@ def _flood(snr: np.ndarray, segment: np.ndarray, seeds: np.ndarray) -> np.ndarra
     labels[r, c] = label
     push_neighbours(r, c, label)
   left = segment & (labels == 0)
-  if left.any():  # pixels joined to no seed inside the segment (it is not 8-connected): the nearest seed's
+  if assign_unreached and left.any() and labels.any():  # pixels joined to no seed inside the segment (it is not 8-connected): the nearest seed's
     _, (rows, cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
     labels[left] = labels[rows[left], cols[left]]
   return labels
@@ -111,7 +112,7 @@ def split_segment(snr: np.ndarray, segment: np.ndarray, options: DeblendOptions)
   seeds = np.zeros(snr.shape, np.int32)
   for j, leaf in enumerate(leaves):
     seeds[leaf] = j + 1
-  return _flood(snr, segment, seeds)
+  return priority_flood(snr, segment, seeds)
 
 
 def _local_maxima(snr: np.ndarray, segments: np.ndarray, floor: float) -> np.ndarray:

@@ -1,31 +1,33 @@
 """Raw cutouts -> masks by the whole method: the fitted hypercolumn k-means (the study's segmentation), then the
 additions, each switchable for the ablation: the crowded-field rule (`crowding`), the faint sources the clusters
-miss (`faint`) and the deblending of touching sources (`deblend`). All read the gri S/N map smoothed by a
+miss (`faint`), the deblending of touching sources (`deblend`) and mask edges at an isophote (`edges`). All read the gri S/N map smoothed by a
 Gaussian matched to the PSF."""
 
 import dataclasses
 
 import numpy as np
 
-from stargal_jax.segment import crowding, deblend, faint, hypercolumns, labelling, pixel_kmeans, pixels
+from stargal_jax.segment import crowding, deblend, edges, faint, hypercolumns, labelling, pixel_kmeans, pixels
 
 
 @dataclasses.dataclass(frozen=True)
 class Refinements:
   """What follows the clusters: deblending (None = off), the crowded-field rule, the faint sources (None = off),
-  and their S/N map."""
+  the isophote the mask edges move to (None = off), and their S/N map."""
   deblending: deblend.DeblendOptions | None = None
   crowding: bool = False
   faint_sources: faint.FaintOptions | None = None
   local_box: int = 16  # mesh of the local background of flooded cutouts (px)
   snr_sigma_px: float = 1.2  # Gaussian smoothing of the gri S/N map (SDSS PSF sigma ~1.5 px)
+  edge_level: float | None = None  # sigma of that map
 
   @classmethod
   def from_config(cls, seg_config) -> "Refinements":
     deblending = deblend.DeblendOptions.from_config(seg_config) if seg_config.deblend else None
     faint_options = faint.FaintOptions.from_config(seg_config) if seg_config.faint else None
+    edge_level = float(seg_config.edge_level) if seg_config.get("edges", False) else None
     return cls(deblending, bool(seg_config.crowding), faint_options, int(seg_config.local_box),
-               float(seg_config.detection_sigma_px))
+               float(seg_config.detection_sigma_px), edge_level)
 
 
 def smoothed_snr(images: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -56,7 +58,8 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
   Crowding: a cutout whose object fraction exceeds the segmenter's `flood_limit` is segmented again after its
   local background (`crowding.local_background`) is removed, and its object pixels are then cut to the limit
   (`crowding.cap_foreground`). Faint: significant peaks outside the object pixels are added
-  (`faint.add_missed_sources`). Deblending: every component is split at its significant peaks."""
+  (`faint.add_missed_sources`). Deblending: every component is split at its significant peaks. Edges: every
+  segment's outline moved to the isophote `edge_level` (`edges.follow_isophote`), after deblending."""
   object_pixels = np.array(object_pixels, bool)
   snr = smoothed_snr(images, refinements.snr_sigma_px) if snr is None else np.array(snr, np.float32)
   flooded = np.zeros(len(images), bool)
@@ -73,6 +76,8 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
     object_pixels = faint.add_missed_sources(object_pixels, snr, refinements.faint_sources)
   masks = labelling.label_objects(object_pixels, options.min_area, options.connectivity, options.centre_radius,
                                   snr=snr, deblending=refinements.deblending)
+  if refinements.edge_level is not None:
+    masks = edges.follow_isophote(masks, snr, refinements.edge_level)
   return masks.astype(labelling.MASK_DTYPE), flooded
 
 

@@ -3,7 +3,8 @@
 (`matching.selection_score`), never on the scored one.
 
 Methods: the study's pure hypercolumn k-means (`detection_share = 0`), each addition alone and together
-(deblending, the crowded-field rule, the faint sources the clusters miss, the detection channel), and two kept baselines, SEP and photutils
+(deblending, the crowded-field rule, the faint sources the clusters miss, mask edges at an isophote, the detection
+channel), and two kept baselines, SEP and photutils
 (`detect_sources` + `deblend_sources`), each at its best setting of a grid on the tuning split.
 `benchmarks/segmentation_protocol.py` runs it over the default data, every shifted simulation and the real frames.
 """
@@ -23,6 +24,7 @@ PHOTUTILS_GRID = tuple({"nsigma": s, "contrast": c, "fwhm_px": 2.5}
                        for s in (1.5, 2.0, 3.0, 5.0) for c in (0.001, 0.01, 0.1))
 DEBLEND_CONTRASTS = (0.001, 0.005, 0.02, 0.1)
 FAINT_PEAKS = (None, 4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise); None = no faint sources
+EDGE_LEVELS = (None, 0.5, 1.0, 1.5, 2.0, 3.0)  # the same map's sigma; None = the clusters' own edges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,7 @@ class OurMethod:
   deblend: bool
   crowding: bool
   faint: bool = False
+  edges: bool = False
 
 
 def our_methods(share: float = 0.5) -> dict[str, OurMethod]:
@@ -42,13 +45,15 @@ def our_methods(share: float = 0.5) -> dict[str, OurMethod]:
           "pure + crowding": OurMethod(0.0, False, True),
           "pure + deblend + crowding": OurMethod(0.0, True, True),
           "pure + deblend + crowding + faint": OurMethod(0.0, True, True, True),
+          "pure + deblend + crowding + edges": OurMethod(0.0, True, True, False, True),
           "detection channel": OurMethod(share, False, False),
           "detection + deblend + crowding": OurMethod(share, True, True),
-          FULL: OurMethod(share, True, True, True)}
+          FULL: OurMethod(share, True, True, True, True)}
 
 
-# The method the issue's targets are checked for; its faint sources are on only where the tuning chose a peak.
-FULL = "full (detection + deblend + crowding + faint as chosen)"
+# The method the issue's targets are checked for; its faint sources and isophote edges are on only where the
+# tuning chose them.
+FULL = "full (detection + deblend + crowding + faint and edges as chosen)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +123,11 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
               deblending: deblend.DeblendOptions, methods: Mapping[str, OurMethod],
               snr_sigma_px: float = 1.2, chunk: int = 64,
               foregrounds: dict | None = None,
-              faint_options: faint.FaintOptions | None = faint.FaintOptions()
-              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+              faint_options: faint.FaintOptions | None = faint.FaintOptions(),
+              edge_level: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """name -> (masks, flooded) of our methods on a split: one hypercolumn pass per segmenter (cached in
-  `foregrounds` by share when given), then each method's refinements (`faint_options` None: the tuning chose no
-  faint sources, so methods with `faint` have none either)."""
+  `foregrounds` by share when given), then each method's refinements (`faint_options` / `edge_level` None: the
+  tuning chose no faint sources / the clusters' own edges, so methods with `faint` / `edges` have none)."""
   foregrounds = {} if foregrounds is None else foregrounds
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)  # shared by every method (the slow part of refining)
   out = {}
@@ -132,7 +137,8 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
     if share not in foregrounds:
       foregrounds[share] = pipeline.foreground(fitted, k, split.images, chunk)
     refinements = pipeline.Refinements(deblending if method.deblend else None, method.crowding,
-                                       faint_options if method.faint else None, snr_sigma_px=snr_sigma_px)
+                                       faint_options if method.faint else None, snr_sigma_px=snr_sigma_px,
+                                       edge_level=edge_level if method.edges else None)
     out[name] = pipeline.refine(fitted, k, foregrounds[share], split.images, options, refinements, chunk, snr)
   return out
 
@@ -141,10 +147,11 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
                      contrasts: Sequence[float] = DEBLEND_CONTRASTS,
                      faint_peaks: Sequence[float | None] = FAINT_PEAKS,
                      faint_low: float = faint.FaintOptions().low, snr_sigma_px: float = 1.2,
-                     chunk: int = 64) -> tuple[dict, list[dict]]:
+                     chunk: int = 64, edge_levels: Sequence[float | None] = EDGE_LEVELS) -> tuple[dict, list[dict]]:
   """Our deblending contrast and faint-source peak (None: no faint sources) chosen together on a tuning split,
-  with the segmenter `fitted` and the crowded-field rule on (the full method); one hypercolumn pass, then each
-  setting's refinements. Whether the faint sources are added at all is thus the data's choice."""
+  with the segmenter `fitted` and the crowded-field rule on (the full method), then the isophote of the mask
+  edges (None: the clusters' own) with those two fixed; one hypercolumn pass, then each setting's refinements.
+  Whether the faint sources are added and the edges moved at all is thus the data's choice."""
   object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)
 
@@ -152,12 +159,15 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
     refinements = pipeline.Refinements(dataclasses.replace(base, contrast=setting["deblend_contrast"]), True,
                                        None if setting["faint_peak"] is None else
                                        faint.FaintOptions(setting["faint_peak"], faint_low),
-                                       snr_sigma_px=snr_sigma_px)
+                                       snr_sigma_px=snr_sigma_px, edge_level=setting.get("edge_level"))
     return pipeline.refine(fitted, k, object_pixels, split.images, options, refinements, chunk, snr)[0]
 
   grid = [{"deblend_contrast": float(c), "faint_peak": None if p is None else float(p)}
           for c in contrasts for p in faint_peaks]
-  return grid_search(masks_for, grid, split)
+  best, rows = grid_search(masks_for, grid, split)
+  edge_grid = [{**best, "edge_level": None if e is None else float(e)} for e in edge_levels]
+  best, edge_rows = grid_search(masks_for, edge_grid, split)
+  return best, rows + edge_rows
 
 
 def score_all(masks_by_method: Mapping[str, np.ndarray], split: Split) -> dict[str, dict]:

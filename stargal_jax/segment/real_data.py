@@ -168,7 +168,8 @@ def real_sets(data_dir: Path, count: int = 16, seed: int = 0) -> dict[str, tuple
 def real_frame_checks(fitted_by_share: dict, k: int, options: labelling.LabelOptions,
                       deblending, baseline_settings: dict | None, out_dir: str | Path, count: int = 16,
                       data_dir: str | Path | None = None, n_figure: int = 6,
-                      faint_options: faint.FaintOptions | None = faint.FaintOptions()) -> dict:
+                      faint_options: faint.FaintOptions | None = faint.FaintOptions(),
+                      edge_level: float | None = None) -> dict:
   """Real cutouts without truth, segmented by the pure and full methods (segmenters by detection share: the
   smallest is the pure one) and by SEP and photutils at `baseline_settings` (name -> grid row; the defaults'
   best): per set and method `flood_summary`, and one overlay figure per set in `out_dir`."""
@@ -191,7 +192,8 @@ def real_frame_checks(fitted_by_share: dict, k: int, options: labelling.LabelOpt
     columns = {
       "pure (the study's)": pipeline.segment_images(fitted_by_share[pure_share], k, images, options)[0],
       "full": pipeline.segment_images(fitted_by_share[share], k, images, options,
-                                      pipeline.Refinements(deblending, True, faint_options))[0]}
+                                      pipeline.Refinements(deblending, True, faint_options,
+                                                                           edge_level=edge_level))[0]}
     snr = pixels.snr_image(images, "gri")
     for base in ("SEP", "photutils"):
       columns[base] = protocol.baseline_masks(base, images, settings[base], options, snr)

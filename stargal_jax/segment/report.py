@@ -192,10 +192,13 @@ def protocol_lines(out: Mapping) -> list[str]:
     r = out["refinements"]
     grid = (sorted({row["deblend_contrast"] for row in r["grid"]}),
             [p for p in dict.fromkeys(row["faint_peak"] for row in r["grid"])])
-    peak = r["best"]["faint_peak"]
+    peak, edge = r["best"]["faint_peak"], r["best"].get("edge_level")
+    edge_grid = [e for e in dict.fromkeys(row["edge_level"] for row in r["grid"] if "edge_level" in row)]
     lines += [f"Our deblending contrast {r['best']['deblend_contrast']:g} and faint-source peak "
               f"{'none (no faint sources)' if peak is None else f'{peak:g} sigma'} (chosen together on the {r['chosen_on']}; contrasts {grid[0]}, "
-              f"peaks {grid[1]}).", ""]
+              f"peaks {grid[1]})"
+              + (f", then the mask-edge isophote {'none (the clusters own edges)' if edge is None else f'{edge:g} sigma'}"
+                 f" (levels {edge_grid})" if edge_grid else "") + ".", ""]
   checks = []
   for name, d in (out.get("distributions") or {}).items():
     first = next(iter(d["scores"].values()))

@@ -1,0 +1,58 @@
+"""segment.edges: the outline moved to an isophote, checked against masks worked out by hand."""
+
+import numpy as np
+
+from stargal_jax.segment import edges
+
+
+def _gaussian(h, w, y0, x0, sigma, peak):
+  yy, xx = np.mgrid[0:h, 0:w]
+  return peak * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sigma ** 2))
+
+
+def test_isolated_source_takes_the_isophote_exactly():
+  snr = _gaussian(32, 32, 16, 16, 3.0, 20.0)[None].astype(np.float32)
+  small = np.zeros((1, 32, 32), np.int16)
+  small[0, 15:18, 15:18] = 1  # the clusters' mask: too tight
+  out = edges.follow_isophote(small, snr, 2.0)
+  # One peak, so every pixel above the level is connected to the seed: the mask is exactly {snr > 2}.
+  np.testing.assert_array_equal(out[0], (snr[0] > 2.0).astype(np.int16))
+  big = np.ones((1, 32, 32), np.int16)  # too wide: trimmed to the same isophote
+  np.testing.assert_array_equal(edges.follow_isophote(big, snr, 2.0)[0], (snr[0] > 2.0).astype(np.int16))
+
+
+def test_two_touching_sources_split_at_the_saddle_and_keep_their_labels():
+  a = _gaussian(32, 48, 16, 14, 3.0, 20.0)
+  b = _gaussian(32, 48, 16, 34, 3.0, 20.0)
+  snr = np.maximum(a, b)[None].astype(np.float32)
+  masks = np.zeros((1, 32, 48), np.int16)
+  masks[0, 15:18, 13:16] = 1
+  masks[0, 15:18, 33:36] = 2
+  out = edges.follow_isophote(masks, snr, 1.0)[0]
+  above = snr[0] > 1.0
+  # By symmetry the pixel goes to the nearer peak (equal S/N only on the mid-line, which the maximum makes
+  # a ridge of two equal halves; checked away from it).
+  yy, xx = np.mgrid[0:32, 0:48]
+  nearer_a = np.hypot(yy - 16, xx - 14) < np.hypot(yy - 16, xx - 34) - 2.0
+  nearer_b = np.hypot(yy - 16, xx - 34) < np.hypot(yy - 16, xx - 14) - 2.0
+  assert np.all(out[above & nearer_a] == 1) and np.all(out[above & nearer_b] == 2)
+  assert np.all(out[~above] == 0)
+
+
+def test_unreached_sources_stay_background_and_faint_segments_are_kept():
+  bright = _gaussian(32, 32, 8, 8, 2.0, 20.0)
+  undetected = _gaussian(32, 32, 24, 24, 2.0, 20.0)  # above the level but in no segment: not added
+  snr = (bright + undetected)[None].astype(np.float32)
+  masks = np.zeros((1, 32, 32), np.int16)
+  masks[0, 7:10, 7:10] = 1
+  masks[0, 0:2, 30:32] = 3  # a detection entirely below the level: kept as it was
+  out = edges.follow_isophote(masks, snr, 1.5)[0]
+  expected = np.where(bright > 1.5, 1, 0)
+  expected[0:2, 30:32] = 3
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_empty_masks_stay_empty():
+  snr = np.ones((2, 8, 8), np.float32) * 5
+  out = edges.follow_isophote(np.zeros((2, 8, 8), np.int16), snr, 1.0)
+  assert out.dtype == np.int16 and not out.any()
