@@ -102,11 +102,14 @@ def run_pool(tasks: list, workers: int) -> list[dict]:
     return list(pool.imap(_simulate_chunk, tasks))
 
 
-def real_conditions(conditions: realism.FieldConditions, wings: bool = True):
+def real_conditions(conditions: realism.FieldConditions, params: SimParams):
   """Simulator conditions of a real field: its sky, calibration, camcol, noise level and PSF (r-band width and
-  aperture correction -> core and wing share; the other bands' widths)."""
+  aperture correction -> core and wing share; the other bands' widths). The residual sky is the simulator's
+  (`params.sky_residual_nmgy`, set from the cutouts' background levels): the field's own SEP-mesh rms
+  (`FieldConditions.sky_residual_nmgy`) holds the mesh's noise and made v2.0's levels 2-3x too wide."""
+  wings = params.psf_wings
   return observed.field_conditions(conditions.camcol, conditions.sky_dn, conditions.nmgy_per_dn, conditions.gain,
-                                   conditions.dark_variance, conditions.psf_fwhm_px, conditions.sky_residual_nmgy,
+                                   conditions.dark_variance, conditions.psf_fwhm_px, params.sky_residual_nmgy,
                                    aperture_correction_mag=conditions.aperture_correction_mag[2],
                                    noise_scale=conditions.noise_ratio, wings=wings)
 
@@ -139,7 +142,7 @@ def calibrated_conditions(real: realism.CutoutSet, mr: dict, params: SimParams, 
   key = digest(SIM_VERSION, simulator_fingerprint(), params.to_json(), seed, fields, realism.REAL_CACHE_VERSION,
                "calibrate-1")
   path = cache_root() / f"conditions-{key}.json"
-  conditions = {f: real_conditions(real.conditions[f], wings=params.psf_wings) for f in fields}
+  conditions = {f: real_conditions(real.conditions[f], params) for f in fields}
   if path.is_file():
     scales = json.loads(path.read_text())
   else:

@@ -90,7 +90,9 @@ def draw_scene(rng: np.random.Generator, params: P.SimParams, field: populations
   background = populations.sample_faint_background(rng, params, render.GRID)
   shifts = rng.random((5, 2)) if params.resample_bands else np.zeros((5, 2))
   shifts[2] = 0.0  # r is the reference grid
-  residual = rng.normal(0, 1, 5) * np.asarray(conditions.sky_residual_nmgy)
+  rho = params.sky_residual_band_correlation  # a component common to the bands, and one of each band's own
+  residual = (np.sqrt(rho) * rng.normal() + np.sqrt(1 - rho) * rng.normal(0, 1, 5)) * np.asarray(
+      conditions.sky_residual_nmgy)
   return conditions, central, neighbours, background, shifts, residual
 
 

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-SIM_VERSION = "2.0"
+SIM_VERSION = "2.1"
 
 BANDS = ("u", "g", "r", "i", "z")
 STAMP_SIZE = 64
@@ -203,9 +203,17 @@ class SimParams:
   # 0.04, i 0.02, z 0.13; in u the runs differ most).
   calibration_sigma: tuple = (0.27, 0.07, 0.04, 0.03, 0.13)
   # Residual sky after SDSS's sky subtraction: a constant per cutout and band, Gaussian with these
-  # sigmas (nanomaggies), the median over the six high-latitude fields of the rms of SEP's 64-px
-  # background of the sky-subtracted frames (`realism.FieldConditions.sky_residual_nmgy`).
-  sky_residual_nmgy: tuple = (0.0075, 0.0040, 0.0055, 0.0125, 0.019)
+  # sigmas (nanomaggies), correlated across bands (`sky_residual_band_correlation`: the share of a
+  # component common to the five bands). Set (v2.1) so that the cutouts' background level (median of
+  # the pixels >= 24 px from the centre, in noise units) has the spread and cross-band correlation of
+  # the six high-latitude fields' cutouts (16-84% half-width u g r i z 0.05 0.10 0.11 0.11 0.05,
+  # g-r / r-i correlation 0.87 / 0.90, docs/simulator_validation.md): the simulator's other
+  # backgrounds (faint sources, wings) give 0.03-0.06 and 0.82 by themselves, and these sigmas add the
+  # rest in quadrature. v2.0 drew (0.0075, 0.0040, 0.0055, 0.0125, 0.019) independently per band, the
+  # rms of SEP's 64-px background mesh of the frames, which holds the mesh's own noise: levels 2-3x
+  # too wide and uncorrelated, the most visible difference of v2.0 from the sky (C2ST).
+  sky_residual_nmgy: tuple = (0.0014, 0.0015, 0.0025, 0.0042, 0.0058)
+  sky_residual_band_correlation: float = 0.9
   # Real cutouts are resampled onto the r grid: each band by a cubic spline at the object's
   # windowed centroid plus the band's sub-pixel offset (uniform), r at the centroid. False keeps
   # native pixels (no interpolation; diagnostics only).
@@ -268,6 +276,8 @@ def validation_problems(p: SimParams) -> list[str]:
   need(p.noise_scale_sigma >= 0 and p.psf_wing_log_sigma >= 0, "noise_scale_sigma and psf_wing_log_sigma must be >= 0")
   need(len(p.sky_residual_nmgy) == 5 and all(v >= 0 for v in p.sky_residual_nmgy),
        f"sky_residual_nmgy={p.sky_residual_nmgy!r} must be 5 values >= 0 (u, g, r, i, z)")
+  need(0.0 <= p.sky_residual_band_correlation <= 1.0,
+       f"sky_residual_band_correlation={p.sky_residual_band_correlation!r} must be in [0, 1]")
   need(-3.0 <= p.depth_mag <= 3.0, f"depth_mag={p.depth_mag!r} must be in [-3, 3]")
   need(p.objects_per_field >= 1, f"objects_per_field={p.objects_per_field!r} must be >= 1")
   need(p.max_records_per_file >= 1, f"max_records_per_file={p.max_records_per_file!r} must be >= 1")
