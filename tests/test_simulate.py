@@ -462,3 +462,16 @@ def test_cutouts_are_detected_centred_and_their_truth_is_consistent():
   bright = [c for c in cutouts if c.central.mag[2] < 18 and not c.neighbours]
   for c in bright:
     assert truth["mask"][cutouts.index(c), 32, 32] == 1
+
+
+def test_sky_residual_has_the_stated_sigmas_and_band_correlation():
+
+  rng = np.random.default_rng(3)
+  sigma = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+  draws = np.stack([dataset.sky_residual(rng, sigma, 0.9) for _ in range(20000)])
+  # Independent computation: Var = sigma^2 (rho + 1 - rho), Corr = rho (standard errors ~0.005 and ~0.002).
+  np.testing.assert_allclose(draws.std(axis=0) / sigma, 1.0, atol=0.02)
+  corr = np.corrcoef(draws.T)[np.triu_indices(5, 1)]
+  np.testing.assert_allclose(corr, 0.9, atol=0.01)
+  independent = np.stack([dataset.sky_residual(rng, sigma, 0.0) for _ in range(20000)])
+  assert np.abs(np.corrcoef(independent.T)[np.triu_indices(5, 1)]).max() < 0.03

@@ -80,6 +80,13 @@ def plausibly_detectable(source: populations.Source, conditions: populations.Con
   return float(source.flux_nmgy()[2] * enclosed / noise) >= PRESCREEN_FRACTION * snr
 
 
+def sky_residual(rng: np.random.Generator, sigma_nmgy, band_correlation: float) -> np.ndarray:
+  """(5,) the residual sky of one cutout: Gaussian, sigma_nmgy per band, every pair of bands correlated by
+  `band_correlation` (a component common to the bands plus one of each band's own)."""
+  common, own = rng.normal(), rng.normal(0, 1, 5)
+  return (np.sqrt(band_correlation) * common + np.sqrt(1 - band_correlation) * own) * np.asarray(sigma_nmgy)
+
+
 def draw_scene(rng: np.random.Generator, params: P.SimParams, field: populations.Conditions, kind: str):
   """One attempt: conditions at the object, central object, neighbours, background, band shifts."""
   conditions = populations.object_conditions(rng, field, params)
@@ -90,9 +97,7 @@ def draw_scene(rng: np.random.Generator, params: P.SimParams, field: populations
   background = populations.sample_faint_background(rng, params, render.GRID)
   shifts = rng.random((5, 2)) if params.resample_bands else np.zeros((5, 2))
   shifts[2] = 0.0  # r is the reference grid
-  rho = params.sky_residual_band_correlation  # a component common to the bands, and one of each band's own
-  residual = (np.sqrt(rho) * rng.normal() + np.sqrt(1 - rho) * rng.normal(0, 1, 5)) * np.asarray(
-      conditions.sky_residual_nmgy)
+  residual = sky_residual(rng, conditions.sky_residual_nmgy, params.sky_residual_band_correlation)
   return conditions, central, neighbours, background, shifts, residual
 
 
