@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from stargal_jax import host_runtime
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `configs` from a checkout, wherever it runs from
+
+from stargal_jax import host_runtime  # noqa: E402
 
 host_runtime.configure()
 
@@ -89,8 +91,8 @@ def faint_from(refinements: dict):
 
 
 def edge_from(refinements: dict):
-  """The chosen mask-edge isophote (None: the clusters' own edges, or settings from before the edges)."""
-  return refinements["best"].get("edge_level")
+  """The chosen mask-edge options (None: the clusters' own edges, or settings from before the edges)."""
+  return protocol.edge_options_of(refinements["best"])
 
 
 def load_distribution(config, name: str, n_labelled: int):
@@ -102,7 +104,7 @@ def load_distribution(config, name: str, n_labelled: int):
   return inputs_lib.load_inputs(data, seed=config.seed)
 
 
-def run_distribution(name: str, inputs, fitted, methods, k: int, options, deblending, faint_options, edge_level,
+def run_distribution(name: str, inputs, fitted, methods, k: int, options, deblending, faint_options, edge_options,
                      sizes, seed: int, t0: float) -> dict:
   """Baselines tuned on this distribution's tuning split; every method scored on its scored split."""
   tune_rows, score_rows = protocol.split_rows(len(inputs.labelled), *sizes, seed=seed)
@@ -114,7 +116,7 @@ def run_distribution(name: str, inputs, fitted, methods, k: int, options, deblen
     masks[base] = protocol.baseline_masks(base, score.images, chosen[base], options, score.snr)
     log(f"{name}: {base} best {chosen[base]}", t0)
   ours = protocol.our_masks(fitted, k, score, options, deblending, methods, faint_options=faint_options,
-                            edge_level=edge_level)
+                            edge_options=edge_options)
   flooded = {n: int(f.sum()) for n, (_, f) in ours.items()}
   masks.update({n: m for n, (m, _) in ours.items()})
   scores = protocol.score_all(masks, score)
@@ -186,16 +188,16 @@ def main(argv=None) -> int:
                                 "deblend": dataclasses.asdict(dataclasses.replace(base,
                                                                                   contrast=best["deblend_contrast"])),
                                 "faint": {"peak": best["faint_peak"], "low": float(sc.faint_low)},
-                                "edges": {"level": best["edge_level"]}}
+                                "edges": {"level": best["edge_level"], "peak_fraction": best["edge_peak_fraction"]}}
     deblending = deblend.DeblendOptions(**results["refinements"]["deblend"])
     faint_options = faint_from(results["refinements"])
-    edge_level = edge_from(results["refinements"])
+    edge_options = edge_from(results["refinements"])
     log(f"deblend contrast {deblending.contrast:g}, faint peak {results['refinements']['best']['faint_peak']}, "
-        f"edge level {edge_level} chosen on the default tuning split", t0)
+        f"edges {edge_options} chosen on the default tuning split", t0)
     for name in names:
       inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
       results["distributions"][name] = run_distribution(name, inputs, fitted, methods, k, options, deblending,
-                                                        faint_options, edge_level, (args.n_tune, args.n_score),
+                                                        faint_options, edge_options, (args.n_tune, args.n_score),
                                                         config.seed, t0)
       json_path.write_text(json.dumps(metrics.to_json_safe(results), indent=1))
       md_path.write_text("\n".join(segment_report.protocol_lines(metrics.to_json_safe(results))))
@@ -204,12 +206,12 @@ def main(argv=None) -> int:
       deblend.DeblendOptions.from_config(sc)
     faint_options = faint_from(results["refinements"]) if "refinements" in results else \
       faint.FaintOptions.from_config(sc)
-    edge_level = edge_from(results["refinements"]) if "refinements" in results else None
+    edge_options = edge_from(results["refinements"]) if "refinements" in results else None
     settings = {n: d["baseline_settings"] for n, d in
                 {**(prior or {}).get("distributions", {}), **results["distributions"]}.items()}.get("default")
     results["real_baseline_settings"] = settings
     results["real"] = real_data.real_frame_checks(fitted, k, options, deblending, settings, out / "real",
-                                                  faint_options=faint_options, edge_level=edge_level)
+                                                  faint_options=faint_options, edge_options=edge_options)
     log("real frames done", t0)
   results["wall_seconds"] = time.perf_counter() - t0
   json_path.write_text(json.dumps(metrics.to_json_safe(results), indent=1))

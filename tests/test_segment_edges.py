@@ -56,3 +56,20 @@ def test_empty_masks_stay_empty():
   snr = np.ones((2, 8, 8), np.float32) * 5
   out = edges.follow_isophote(np.zeros((2, 8, 8), np.int16), snr, 1.0)
   assert out.dtype == np.int16 and not out.any()
+
+
+def test_peak_fraction_gives_a_faint_segment_its_own_isophote():
+  bright = _gaussian(32, 48, 16, 12, 2.0, 40.0)
+  faint = _gaussian(32, 48, 16, 36, 2.0, 10.0)
+  snr = (bright + faint)[None].astype(np.float32)
+  masks = np.zeros((1, 32, 48), np.int16)
+  masks[0, 15:18, 11:14] = 1
+  masks[0, 15:18, 35:38] = 2
+  out = edges.follow_isophote(masks, snr, 8.0, peak_fraction=0.3)[0]
+  # Bright: its peak 40 x 0.3 = 12 > 8, so the level 8 holds; faint: 10 x 0.3 = 3 (by hand, the two
+  # profiles do not overlap above 3).
+  np.testing.assert_array_equal(out == 1, (bright > 8.0) & (np.mgrid[0:32, 0:48][1] < 24))
+  np.testing.assert_array_equal(out == 2, (faint > 3.0) & (np.mgrid[0:32, 0:48][1] >= 24))
+  # Without it the faint one keeps only its pixels above 8.
+  plain = edges.follow_isophote(masks, snr, 8.0)[0]
+  np.testing.assert_array_equal(plain == 2, (snr[0] > 8.0) & (np.mgrid[0:32, 0:48][1] >= 24))

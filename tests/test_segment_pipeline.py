@@ -85,7 +85,7 @@ def test_edges_move_the_deblended_outlines_to_the_isophote(fitted):
   images = _scenes(3, 5)
   options = deblend.DeblendOptions(contrast=0.005)
   split = pipeline.segment_images(fitted, 3, images, refinements=pipeline.Refinements(options))[0]
-  moved = pipeline.segment_images(fitted, 3, images, refinements=pipeline.Refinements(options, edge_level=3.0))[0]
+  moved = pipeline.segment_images(fitted, 3, images, refinements=pipeline.Refinements(options, edge_options=edges.EdgeOptions(3.0)))[0]
   snr = pipeline.smoothed_snr(images, 1.2)
   np.testing.assert_array_equal(moved, edges.follow_isophote(split, snr, 3.0))
   # Every object pixel is above the level, and every pixel above it next to the pair belongs to the pair.
@@ -98,6 +98,8 @@ def test_edges_move_the_deblended_outlines_to_the_isophote(fitted):
 def test_refinements_from_config_read_the_edge_setting():
   from configs import segmentation
   sc = segmentation.seg_config()
-  assert pipeline.Refinements.from_config(sc).edge_level is None
+  assert pipeline.Refinements.from_config(sc).edge_options is None
   sc.edges, sc.edge_level = True, 2.5
-  assert pipeline.Refinements.from_config(sc).edge_level == 2.5
+  assert pipeline.Refinements.from_config(sc).edge_options == edges.EdgeOptions(2.5, None)
+  sc.edge_peak_fraction = 0.3
+  assert pipeline.Refinements.from_config(sc).edge_options == edges.EdgeOptions(2.5, 0.3)

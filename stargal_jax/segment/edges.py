@@ -16,23 +16,47 @@ detections: the faint-source addition is `segment.faint`). A segment with no pix
 detection) keeps its pixels.
 """
 
+import dataclasses
+
 import numpy as np
 
 from stargal_jax.segment import deblend
 
 
-def follow_isophote(masks: np.ndarray, snr: np.ndarray, level: float) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class EdgeOptions:
+  """`follow_isophote`'s level (sigma of the smoothed S/N map) and peak fraction (None: one level for all)."""
+  level: float = 8.0
+  peak_fraction: float | None = None
+
+  @classmethod
+  def from_config(cls, seg_config) -> "EdgeOptions":
+    fraction = float(seg_config.edge_peak_fraction)
+    return cls(float(seg_config.edge_level), fraction if fraction > 0 else None)
+
+
+def follow_isophote(masks: np.ndarray, snr: np.ndarray, level: float,
+                    peak_fraction: float | None = None) -> np.ndarray:
   """Masks (N, H, W) int (0 background, 1 central, 2+ neighbours) with every segment's edge moved to `level`
-  sigma of the smoothed S/N map `snr` (N, H, W); labels keep their numbers."""
+  sigma of the smoothed S/N map `snr` (N, H, W); labels keep their numbers. With `peak_fraction`, a segment
+  whose peak is below level / peak_fraction takes the isophote peak_fraction x its peak instead (a faint
+  object keeps a footprint in proportion to its light, not only the few pixels above a bright level)."""
   masks = np.asarray(masks)
   out = np.zeros(masks.shape, masks.dtype)
   for i, (mask, image_snr) in enumerate(zip(masks, np.asarray(snr, np.float32))):
     if not mask.any():
       continue
-    above = image_snr > level
-    seeds = np.where(above, mask, 0).astype(np.int32)
-    kept_whole = np.setdiff1d(np.unique(mask[mask > 0]), np.unique(seeds[seeds > 0]))
+    labels = np.unique(mask[mask > 0])
+    own_level = np.full(int(labels.max()) + 1, float(level))
+    if peak_fraction is not None:
+      peaks = np.asarray([image_snr[mask == j].max() for j in labels])
+      own_level[labels] = np.minimum(level, peak_fraction * peaks)
+    lowest = float(own_level[labels].min())
+    seeds = np.where(image_snr > own_level[mask], mask, 0).astype(np.int32)
+    kept_whole = np.setdiff1d(labels, np.unique(seeds[seeds > 0]))
     whole = np.isin(mask, kept_whole)
     seeds[whole] = mask[whole]
-    out[i] = deblend.priority_flood(image_snr, above | whole, seeds, assign_unreached=False)
+    grown = deblend.priority_flood(image_snr, (image_snr > lowest) | whole, seeds, assign_unreached=False)
+    # A pixel stays only above its own segment's level (the flood went as low as the lowest of them).
+    out[i] = np.where(whole | (image_snr > own_level[grown]), grown, 0)
   return out

@@ -19,15 +19,15 @@ class Refinements:
   faint_sources: faint.FaintOptions | None = None
   local_box: int = 16  # mesh of the local background of flooded cutouts (px)
   snr_sigma_px: float = 1.2  # Gaussian smoothing of the gri S/N map (SDSS PSF sigma ~1.5 px)
-  edge_level: float | None = None  # sigma of that map
+  edge_options: edges.EdgeOptions | None = None
 
   @classmethod
   def from_config(cls, seg_config) -> "Refinements":
     deblending = deblend.DeblendOptions.from_config(seg_config) if seg_config.deblend else None
     faint_options = faint.FaintOptions.from_config(seg_config) if seg_config.faint else None
-    edge_level = float(seg_config.edge_level) if seg_config.get("edges", False) else None
+    edge_options = edges.EdgeOptions.from_config(seg_config) if seg_config.get("edges", False) else None
     return cls(deblending, bool(seg_config.crowding), faint_options, int(seg_config.local_box),
-               float(seg_config.detection_sigma_px), edge_level)
+               float(seg_config.detection_sigma_px), edge_options)
 
 
 def smoothed_snr(images: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -59,7 +59,7 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
   local background (`crowding.local_background`) is removed, and its object pixels are then cut to the limit
   (`crowding.cap_foreground`). Faint: significant peaks outside the object pixels are added
   (`faint.add_missed_sources`). Deblending: every component is split at its significant peaks. Edges: every
-  segment's outline moved to the isophote `edge_level` (`edges.follow_isophote`), after deblending."""
+  segment's outline moved to an isophote (`edges.follow_isophote`), after deblending."""
   object_pixels = np.array(object_pixels, bool)
   snr = smoothed_snr(images, refinements.snr_sigma_px) if snr is None else np.array(snr, np.float32)
   flooded = np.zeros(len(images), bool)
@@ -76,8 +76,9 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
     object_pixels = faint.add_missed_sources(object_pixels, snr, refinements.faint_sources)
   masks = labelling.label_objects(object_pixels, options.min_area, options.connectivity, options.centre_radius,
                                   snr=snr, deblending=refinements.deblending)
-  if refinements.edge_level is not None:
-    masks = edges.follow_isophote(masks, snr, refinements.edge_level)
+  if refinements.edge_options is not None:
+    masks = edges.follow_isophote(masks, snr, refinements.edge_options.level,
+                                  refinements.edge_options.peak_fraction)
   return masks.astype(labelling.MASK_DTYPE), flooded
 
 

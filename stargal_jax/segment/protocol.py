@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from stargal_jax.segment import deblend, faint, labelling, matching, photutils_baseline, pipeline, sep_baseline
+from stargal_jax.segment import deblend, edges, faint, labelling, matching, photutils_baseline, pipeline, sep_baseline
 
 
 SEP_GRID = tuple({"band": "gri", "thresh_sigma": t, "deblend_cont": c}
@@ -24,7 +24,8 @@ PHOTUTILS_GRID = tuple({"nsigma": s, "contrast": c, "fwhm_px": 2.5}
                        for s in (1.5, 2.0, 3.0, 5.0) for c in (0.001, 0.01, 0.1))
 DEBLEND_CONTRASTS = (0.001, 0.005, 0.02, 0.1)
 FAINT_PEAKS = (None, 4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise); None = no faint sources
-EDGE_LEVELS = (None, 0.5, 1.0, 1.5, 2.0, 3.0)  # the same map's sigma; None = the clusters' own edges
+EDGE_LEVELS = (None, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)  # the same map's sigma; None = the clusters' own
+EDGE_PEAK_FRACTIONS = (None, 0.1, 0.2, 0.3, 0.5)  # None = one level for every segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +125,9 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
               snr_sigma_px: float = 1.2, chunk: int = 64,
               foregrounds: dict | None = None,
               faint_options: faint.FaintOptions | None = faint.FaintOptions(),
-              edge_level: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+              edge_options: edges.EdgeOptions | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """name -> (masks, flooded) of our methods on a split: one hypercolumn pass per segmenter (cached in
-  `foregrounds` by share when given), then each method's refinements (`faint_options` / `edge_level` None: the
+  `foregrounds` by share when given), then each method's refinements (`faint_options` / `edge_options` None: the
   tuning chose no faint sources / the clusters' own edges, so methods with `faint` / `edges` have none)."""
   foregrounds = {} if foregrounds is None else foregrounds
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)  # shared by every method (the slow part of refining)
@@ -138,7 +139,7 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
       foregrounds[share] = pipeline.foreground(fitted, k, split.images, chunk)
     refinements = pipeline.Refinements(deblending if method.deblend else None, method.crowding,
                                        faint_options if method.faint else None, snr_sigma_px=snr_sigma_px,
-                                       edge_level=edge_level if method.edges else None)
+                                       edge_options=edge_options if method.edges else None)
     out[name] = pipeline.refine(fitted, k, foregrounds[share], split.images, options, refinements, chunk, snr)
   return out
 
@@ -147,10 +148,11 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
                      contrasts: Sequence[float] = DEBLEND_CONTRASTS,
                      faint_peaks: Sequence[float | None] = FAINT_PEAKS,
                      faint_low: float = faint.FaintOptions().low, snr_sigma_px: float = 1.2,
-                     chunk: int = 64, edge_levels: Sequence[float | None] = EDGE_LEVELS) -> tuple[dict, list[dict]]:
+                     chunk: int = 64, edge_levels: Sequence[float | None] = EDGE_LEVELS,
+                     edge_peak_fractions: Sequence[float | None] = EDGE_PEAK_FRACTIONS) -> tuple[dict, list[dict]]:
   """Our deblending contrast and faint-source peak (None: no faint sources) chosen together on a tuning split,
   with the segmenter `fitted` and the crowded-field rule on (the full method), then the isophote of the mask
-  edges (None: the clusters' own) with those two fixed; one hypercolumn pass, then each setting's refinements.
+  edges (None: the clusters' own) with those two fixed, then (when a level was chosen) its peak fraction; one hypercolumn pass, then each setting's refinements.
   Whether the faint sources are added and the edges moved at all is thus the data's choice."""
   object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)
@@ -159,7 +161,7 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
     refinements = pipeline.Refinements(dataclasses.replace(base, contrast=setting["deblend_contrast"]), True,
                                        None if setting["faint_peak"] is None else
                                        faint.FaintOptions(setting["faint_peak"], faint_low),
-                                       snr_sigma_px=snr_sigma_px, edge_level=setting.get("edge_level"))
+                                       snr_sigma_px=snr_sigma_px, edge_options=edge_options_of(setting))
     return pipeline.refine(fitted, k, object_pixels, split.images, options, refinements, chunk, snr)[0]
 
   grid = [{"deblend_contrast": float(c), "faint_peak": None if p is None else float(p)}
@@ -167,7 +169,18 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
   best, rows = grid_search(masks_for, grid, split)
   edge_grid = [{**best, "edge_level": None if e is None else float(e)} for e in edge_levels]
   best, edge_rows = grid_search(masks_for, edge_grid, split)
-  return best, rows + edge_rows
+  fraction_rows = []
+  if best["edge_level"] is not None:
+    fraction_grid = [{**best, "edge_peak_fraction": None if f is None else float(f)} for f in edge_peak_fractions]
+    best, fraction_rows = grid_search(masks_for, fraction_grid, split)
+  return {"edge_peak_fraction": None, **best}, rows + edge_rows + fraction_rows
+
+
+def edge_options_of(setting: dict) -> edges.EdgeOptions | None:
+  """The mask-edge options of a tuning setting (None: the clusters' own edges)."""
+  if setting.get("edge_level") is None:
+    return None
+  return edges.EdgeOptions(float(setting["edge_level"]), setting.get("edge_peak_fraction"))
 
 
 def score_all(masks_by_method: Mapping[str, np.ndarray], split: Split) -> dict[str, dict]:

@@ -169,7 +169,7 @@ def real_frame_checks(fitted_by_share: dict, k: int, options: labelling.LabelOpt
                       deblending, baseline_settings: dict | None, out_dir: str | Path, count: int = 16,
                       data_dir: str | Path | None = None, n_figure: int = 6,
                       faint_options: faint.FaintOptions | None = faint.FaintOptions(),
-                      edge_level: float | None = None) -> dict:
+                      edge_options=None) -> dict:
   """Real cutouts without truth, segmented by the pure and full methods (segmenters by detection share: the
   smallest is the pure one) and by SEP and photutils at `baseline_settings` (name -> grid row; the defaults'
   best): per set and method `flood_summary`, and one overlay figure per set in `out_dir`."""
@@ -193,7 +193,7 @@ def real_frame_checks(fitted_by_share: dict, k: int, options: labelling.LabelOpt
       "pure (the study's)": pipeline.segment_images(fitted_by_share[pure_share], k, images, options)[0],
       "full": pipeline.segment_images(fitted_by_share[share], k, images, options,
                                       pipeline.Refinements(deblending, True, faint_options,
-                                                                           edge_level=edge_level))[0]}
+                                                                           edge_options=edge_options))[0]}
     snr = pixels.snr_image(images, "gri")
     for base in ("SEP", "photutils"):
       columns[base] = protocol.baseline_masks(base, images, settings[base], options, snr)

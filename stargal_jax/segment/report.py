@@ -198,7 +198,8 @@ def protocol_lines(out: Mapping) -> list[str]:
               f"{'none (no faint sources)' if peak is None else f'{peak:g} sigma'} (chosen together on the {r['chosen_on']}; contrasts {grid[0]}, "
               f"peaks {grid[1]})"
               + (f", then the mask-edge isophote {'none (the clusters own edges)' if edge is None else f'{edge:g} sigma'}"
-                 f" (levels {edge_grid})" if edge_grid else "") + ".", ""]
+                 f" (levels {edge_grid})" if edge_grid else "")
+              + (f", then its peak fraction {r['best'].get('edge_peak_fraction')}" if edge is not None else "") + ".", ""]
   checks = []
   for name, d in (out.get("distributions") or {}).items():
     first = next(iter(d["scores"].values()))
