@@ -117,13 +117,16 @@ def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np
 
   The seeing varies between fields, so one PSF for the set makes stars seen in worse seeing look extended.
   1. The seeing distribution, from the set itself: each bright object (S/N >= min_snr) is fitted with the set's
-     PSF dilated to its own size (`size_ratio`); those whose psfMag against it minus cModelMag (set PSF) lies
-     within `margin` of that quantity's stellar locus are point-like at their own seeing, and their size ratios
-     are the set's seeing distribution (the stellar locus in size).
+     PSF dilated to its own size (`size_ratio`); those whose psfMag against it minus cModelMag (set PSF) is
+     below `margin` are point-like at their own seeing (a PSF of their size holds all their light), and their
+     size ratios are the set's seeing distribution (the stellar locus in size).
   2. The worst plausible seeing: its `seeing_quantile` quantile k (`worst_seeing_scale`).
-  3. Every object refitted with the PSF dilated by k: psfMag - cModelMag against it, from its own stellar locus,
-     above cut + galaxy_margin, with a cModel fit that describes the object (chi^2 per pixel below
-     `max_galaxy_chi2`; blends with a brighter neighbour are not), is a pseudo-galaxy.
+  3. Every object refitted with the PSF dilated by k: psfMag - cModelMag against it above cut + galaxy_margin
+     (a point source seen in seeing up to k has ~0 there: both models reduce to the PSF), with a cModel fit
+     that describes the object (chi^2 per pixel, set PSF, below `max_galaxy_chi2`; a blend with a brighter
+     neighbour is not described), is a pseudo-galaxy.
+  Both references are 0, not a stellar locus measured on the brightest objects: those may be galaxies or blends.
+  Compact galaxies that pass as point-like widen the measured seeing: fewer pseudo-galaxies, not impure ones.
   """
   bright = np.isfinite(snr) & (snr >= settings.min_snr)
   ratio = size_ratio(images, psf)
@@ -132,15 +135,14 @@ def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np
   with np.errstate(divide="ignore", invalid="ignore"):
     own_difference = -2.5 * np.log10(np.where((own_fits.psf_flux > 0) & (fits.cmodel_flux > 0),
                                               own_fits.psf_flux / fits.cmodel_flux, np.nan))
-  own_centre, _ = photometry.stellar_locus(own_difference, snr)
-  point_like = bright & np.isfinite(own_difference) & (own_difference - own_centre < settings.margin)
+  point_like = bright & np.isfinite(own_difference) & (own_difference < settings.margin)
   scale = worst_seeing_scale(ratio, point_like, float(settings.seeing_quantile))
   worst = photometry.fit_models(images, dilated_psf(psf, scale), R_BAND)
   difference = photometry.psf_minus_cmodel(worst)
   centre, width = photometry.stellar_locus(difference, snr)
   with np.errstate(divide="ignore", invalid="ignore"):
     described = fits.chi2_cmodel / fits.n_pixels < float(settings.max_galaxy_chi2)
-  galaxy = bright & np.isfinite(difference) & (difference - centre > settings.cut + settings.galaxy_margin) & described
+  galaxy = bright & np.isfinite(difference) & (difference > settings.cut + settings.galaxy_margin) & described
   return galaxy, {"seeing_scale": scale, "n_point_like_seeing": int(point_like.sum()),
                   "seeing_locus_centre_mag": centre, "seeing_locus_width_mag": width}
 
