@@ -5,7 +5,10 @@ end's certainty to the faint end:
 1. Pseudo-labels (`bright_end`). The unlabelled set's objects above `min_snr` (model-fit S/N, cModel flux over
    the PSF-flux error), not saturated, get SDSS's own criterion psfMag - cModelMag (`photometry`, the set's own
    PSF), measured from the set's stellar locus: below cut - margin a star, above cut + margin a galaxy
-   (cut = 0.145, SDSS's; the guard band leaves out the ambiguous ones).
+   (cut = 0.145, SDSS's; the guard band leaves out the ambiguous ones). With `seeing_aware`, galaxies only where
+   extended even against the set's worst plausible seeing, measured from its own point-like objects, and
+   described by their cModel fit (`seeing_aware_galaxies`): the seeing varies between fields, so one PSF for
+   the set calls stars in worse seeing galaxies.
 2. Degradation (`degrade`): each pseudo-labelled cutout, at every step, made to look like an object of the set's
    faint end: a magnitude from the set's own distribution, the set's noise, its seeing, galaxies smaller
    (shrink and reconvolve), sub-pixel shifts and the dihedral group.
