@@ -10,7 +10,8 @@ construction), point-like below the prior star fraction. No label is read in tra
 threshold; `eval.supervised_cnn` trains the same network on the labels (5-fold) as the reference.
 
 Arguments: `smoke` (tiny, seconds), `student` (a second, noisy-student round on the set's confident objects),
-`galaxy_cut` (pseudo-galaxies only above 0.5, not 0.195: purer on the tuning set), `no_shrink` (no size change), `white_noise` (added noise white, not the set's measured spectrum), `no_reference`
+`galaxy_cut` (pseudo-galaxies only above 0.5, not 0.195: purer on the tuning set), `seeing_aware` (pseudo-galaxies
+only if extended against the set's worst plausible seeing, measured from its own point-like objects), `no_shrink` (no size change), `white_noise` (added noise white, not the set's measured spectrum), `no_reference`
 (skip the supervised CNN reference).
 """
 
@@ -18,7 +19,7 @@ import ml_collections
 
 from configs import common
 
-ARGUMENTS = ("smoke", "student", "no_shrink", "white_noise", "no_reference", "galaxy_cut")
+ARGUMENTS = ("smoke", "student", "no_shrink", "white_noise", "no_reference", "galaxy_cut", "seeing_aware")
 
 
 def bootstrap_config() -> ml_collections.ConfigDict:
@@ -30,6 +31,14 @@ def bootstrap_config() -> ml_collections.ConfigDict:
       # Above the cut, for galaxies. A set-level PSF makes stars in worse seeing than the set's look extended,
       # and blends too: the galaxy side needs a wider band than the star side (`galaxy_cut` argument).
       galaxy_margin=0.05,
+      # Galaxies extended even against the set's worst plausible seeing (`seeing_aware` argument; False: one PSF,
+      # the set's): psfMag - cModelMag against the set's PSF dilated to the seeing_quantile quantile of its
+      # point-like objects' sizes (classify.bootstrap.seeing_aware_galaxies), and a cModel fit that describes
+      # the object (chi^2 per pixel below max_galaxy_chi2: no blend). The quantile and chi^2 bound were chosen
+      # on the 'hard' tuning set. The pseudo-star rule is the same either way.
+      seeing_aware=False,
+      seeing_quantile=0.8,
+      max_galaxy_chi2=5.0,
       preselect_fraction=0.5,  # fits only where the 2" aperture S/N reaches this fraction of min_snr
       max_fit=3000,  # at most this many model fits (evenly thinned in the set's order)
       correlated_noise=True))  # reproduce the set's measured noise power spectrum (False: white)
@@ -57,6 +66,8 @@ def get_config(arg=None):
   config.eval.supervised_ceiling = False  # logistic regression on a 1-d logit says nothing new
   if "galaxy_cut" in args:  # galaxies above psfMag - cModelMag = 0.5 (chosen on the 'hard' tuning set)
     config.bootstrap.pseudo.galaxy_margin = 0.35
+  if "seeing_aware" in args:  # galaxies only if extended against the set's worst plausible seeing
+    config.bootstrap.pseudo.seeing_aware = True
   if "student" in args:
     config.bootstrap.rounds = 3
   if "no_shrink" in args:

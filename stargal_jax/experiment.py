@@ -66,6 +66,9 @@ BOOTSTRAP_SETTINGS = {
     "bootstrap.pseudo.cut": cc.number(),
     "bootstrap.pseudo.margin": cc.number(0),
     "bootstrap.pseudo.galaxy_margin": cc.number(0),
+    "bootstrap.pseudo.seeing_aware": cc.boolean,
+    "bootstrap.pseudo.seeing_quantile": cc.number(0, 1),
+    "bootstrap.pseudo.max_galaxy_chi2": cc.number(0, low_open=True),
     "bootstrap.pseudo.preselect_fraction": cc.number(0, 1, low_open=True),
     "bootstrap.pseudo.max_fit": cc.integer(5),  # photometry's PSF model needs at least 5 stars
     "bootstrap.pseudo.correlated_noise": cc.boolean,

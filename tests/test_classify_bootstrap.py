@@ -85,6 +85,92 @@ def test_measure_set_labels_the_bright_end_and_leaves_the_faint_end():
   assert bright.summary["n_pseudo_star"] == 24 and bright.summary["n_pseudo_galaxy"] == 24
 
 
+def test_dilated_psf_scales_every_covariance_and_size_ratio_reads_the_scale_back():
+  psf = bootstrap.photometry.gaussian_psf_mixture(3.0)
+  wide = bootstrap.dilated_psf(psf, 1.5)
+  np.testing.assert_allclose(wide.covariances, 2.25 * psf.covariances)
+  np.testing.assert_array_equal(wide.amplitudes, psf.amplitudes)
+  each = bootstrap.dilated_psf(psf, np.array([1.0, 2.0]))
+  assert each.amplitudes.shape == (2, 1) and each.covariances.shape == (2, 1, 2, 2)
+  np.testing.assert_allclose(each.covariances[1], 4.0 * psf.covariances)
+  # Gaussian stars drawn by GalSim at pixel centres: their size ratio to the PSF is the ratio of the sigmas.
+  sigma_px = 3.0 / bootstrap.photometry.GAUSSIAN_FWHM_PER_SIGMA
+  stars = [galsim.Gaussian(sigma=k * sigma_px * PIXEL, flux=100.0).drawImage(
+      nx=N, ny=N, scale=PIXEL, offset=(0.5, 0.5), method="no_pixel").array for k in (1.0, 1.3, 1.8)]
+  images = np.stack([np.repeat(a[None], 5, axis=0) for a in stars])
+  np.testing.assert_allclose(bootstrap.size_ratio(images, psf), [1.0, 1.3, 1.8], rtol=5e-3)
+
+
+def test_worst_seeing_scale_is_the_quantile_of_the_point_like_sizes_never_below_one():
+  ratio = np.array([0.9, 1.1, 1.2, 1.3, 1.5, 3.0, np.nan])
+  point_like = np.array([True, True, True, True, True, False, True])
+  # The point-like, finite values 0.9, 1.1, 1.2, 1.3, 1.5: the 0.75 quantile sits at position 0.75 x 4 = 3.
+  assert bootstrap.worst_seeing_scale(ratio, point_like, 0.75) == pytest.approx(1.3)
+  assert bootstrap.worst_seeing_scale(ratio, point_like, 0.625) == pytest.approx(0.5 * (1.2 + 1.3))
+  assert bootstrap.worst_seeing_scale(ratio, point_like, 0.0) == 1.0  # 0.9 < 1: never narrower than the set's PSF
+  assert bootstrap.worst_seeing_scale(ratio, np.zeros(7, bool), 0.9) == 1.0
+
+
+def _two_seeing_set(rng, n_each=16, noise=0.03):
+  """Bright stars in 1.2" and in 1.6" seeing, bright galaxies (de Vaucouleurs, 1") in 1.2" seeing, faint
+  galaxies. The bright galaxies are barely larger than the wide stars (adaptive size 1.48 vs 1.32 x the good
+  stars'), but their wings are not a PSF's."""
+  images, kinds = [], []
+  for kind, flux, radius, seeing in (("good_star", 300.0, None, 1.2), ("wide_star", 300.0, None, 1.6),
+                                     ("galaxy", 300.0, 1.0, 1.2), ("faint", 3.0, 0.4, 1.2)):
+    for _ in range(n_each):
+      psf = galsim.Kolmogorov(fwhm=seeing)
+      obj = psf if radius is None else galsim.Convolve(galsim.DeVaucouleurs(half_light_radius=radius), psf)
+      image = _draw(obj.withFlux(flux * rng.uniform(0.7, 1.4)))
+      images.append(np.repeat(image[None], 5, axis=0) + rng.normal(0, noise, (5, N, N)))
+      kinds.append(kind)
+  return np.asarray(images, np.float32), np.array(kinds)
+
+
+def test_seeing_aware_rule_calls_a_star_in_worse_seeing_no_galaxy_where_the_set_psf_rule_does():
+  rng = np.random.default_rng(4)
+  images, kinds = _two_seeing_set(rng)
+  config = load_config("bootstrap", "no_reference")
+  old = bootstrap.measure_set(_Images(images), config.bootstrap.pseudo)
+  new_config = load_config("bootstrap", "no_reference,seeing_aware")
+  new_config.bootstrap.pseudo.max_galaxy_chi2 = 1e9  # the seeing alone, no goodness-of-fit bound
+  new = bootstrap.measure_set(_Images(images), new_config.bootstrap.pseudo)
+
+  def labels_of(bright, kind):
+    labelled = dict(zip(bright.indices.tolist(), bright.labels.tolist()))
+    return np.array([labelled.get(int(r), bootstrap.NO_LABEL) for r in np.flatnonzero(kinds == kind)])
+
+  g, s = bootstrap.PSEUDO_GALAXY, bootstrap.PSEUDO_STAR
+  assert np.all(labels_of(old, "wide_star") == g)  # one PSF for the set: the wide stars look extended
+  assert not np.any(labels_of(new, "wide_star") == g)  # against the worst seeing of the set they do not
+  assert np.all(labels_of(new, "galaxy") == g) and np.all(labels_of(old, "galaxy") == g)
+  np.testing.assert_array_equal(labels_of(new, "good_star"), labels_of(old, "good_star"))  # the star rule stays
+  assert np.all(labels_of(new, "good_star") == s) and np.all(labels_of(new, "faint") == bootstrap.NO_LABEL)
+  # The scale measured is the wide stars' seeing relative to the set's PSF (the good stars': 1.2").
+  assert new.summary["seeing_scale"] == pytest.approx(1.6 / 1.2, rel=0.05)
+  assert "seeing_scale" not in old.summary
+
+
+def test_seeing_aware_rule_leaves_out_a_blend_its_galaxy_model_cannot_describe():
+  rng = np.random.default_rng(5)
+  psf = galsim.Kolmogorov(fwhm=1.2)
+  noisy = lambda obj: np.repeat(_draw(obj)[None], 5, axis=0) + rng.normal(0, 0.03, (5, N, N))
+  stars = [noisy(psf.withFlux(300.0 * rng.uniform(0.7, 1.4))) for _ in range(16)]
+  galaxies = [noisy(galsim.Convolve(galsim.DeVaucouleurs(half_light_radius=1.0), psf).withFlux(
+      300.0 * rng.uniform(0.7, 1.4))) for _ in range(8)]
+  # A star 3 x brighter 2-4" from the central one: one object to a single extended model, a poor one.
+  blends = [noisy(psf.withFlux(100.0) + psf.withFlux(300.0).shift(sep, 0.0)) for sep in np.linspace(2.0, 4.0, 8)]
+  store = _Images(np.asarray(stars + galaxies + blends, np.float32))
+  old = bootstrap.measure_set(store, load_config("bootstrap", "no_reference").bootstrap.pseudo)
+  new = bootstrap.measure_set(store, load_config("bootstrap", "no_reference,seeing_aware").bootstrap.pseudo)
+  said = lambda bright: {int(i): int(c) for i, c in zip(bright.indices, bright.labels)}
+  blend_rows, galaxy_rows = range(24, 32), range(16, 24)
+  assert all(said(old).get(r) == bootstrap.PSEUDO_GALAXY for r in blend_rows)
+  assert not any(said(new).get(r) == bootstrap.PSEUDO_GALAXY for r in blend_rows)
+  assert all(said(new).get(r) == bootstrap.PSEUDO_GALAXY for r in galaxy_rows)
+  assert new.summary["seeing_scale"] == pytest.approx(1.0, abs=0.01)  # one seeing: the set's PSF itself
+
+
 def test_degraded_batches_are_balanced_deterministic_and_normalised():
   rng = np.random.default_rng(2)
   images, kinds = _constructed_set(rng, n_each=8)

@@ -5,7 +5,10 @@ end's certainty to the faint end:
 1. Pseudo-labels (`bright_end`). The unlabelled set's objects above `min_snr` (model-fit S/N, cModel flux over
    the PSF-flux error), not saturated, get SDSS's own criterion psfMag - cModelMag (`photometry`, the set's own
    PSF), measured from the set's stellar locus: below cut - margin a star, above cut + margin a galaxy
-   (cut = 0.145, SDSS's; the guard band leaves out the ambiguous ones).
+   (cut = 0.145, SDSS's; the guard band leaves out the ambiguous ones). With `seeing_aware`, galaxies only where
+   extended even against the set's worst plausible seeing, measured from its own point-like objects, and
+   described by their cModel fit (`seeing_aware_galaxies`): the seeing varies between fields, so one PSF for
+   the set calls stars in worse seeing galaxies.
 2. Degradation (`degrade`): each pseudo-labelled cutout, at every step, made to look like an object of the set's
    faint end: a magnitude from the set's own distribution, the set's noise, its seeing, galaxies smaller
    (shrink and reconvolve), sub-pixel shifts and the dihedral group.
@@ -81,6 +84,72 @@ def pseudo_label_rule(psf_minus_cmodel: np.ndarray, snr: np.ndarray, locus_centr
   return labels
 
 
+def dilated_psf(psf: photometry.GaussianMixture, scale) -> photometry.GaussianMixture:
+  """The PSF seen in `scale` times wider seeing: every covariance x scale^2 (an atmospheric PSF's shape scales with
+  its FWHM; the Kolmogorov profile exactly). `scale` a scalar (shared) or (N,) (per object, on a shared PSF)."""
+  amps, covs = np.asarray(psf.amplitudes, np.float64), np.asarray(psf.covariances, np.float64)
+  scale = np.asarray(scale, np.float64)
+  if scale.ndim == 0:
+    return photometry.GaussianMixture(amps, covs * scale ** 2)
+  return photometry.GaussianMixture(np.broadcast_to(amps, scale.shape + amps.shape).copy(),
+                                    covs[None] * scale[:, None, None, None] ** 2)
+
+
+def size_ratio(images, psf: photometry.GaussianMixture, band: int = R_BAND) -> np.ndarray:
+  """(N,) each object's adaptive-moment size sqrt(sqrt(det M)) over the PSF model's own (rendered at pixel
+  centres): the seeing, relative to the PSF's, that a point source of this size was seen in (1 for the PSF
+  itself, k for the PSF dilated by k). NaN where the moments fail."""
+  pixels, _ = photometry.fitting.prepare_band(images, band)
+  _, _, moments = photometry.psf.adaptive_moments(pixels)
+  _, _, reference = photometry.psf.adaptive_moments(photometry.psf.mixture_image(psf, *pixels.shape[1:])[None])
+  with np.errstate(invalid="ignore"):
+    return np.sqrt(np.sqrt(np.linalg.det(moments) / np.linalg.det(reference[0])))
+
+
+def worst_seeing_scale(ratio: np.ndarray, point_like: np.ndarray, quantile: float) -> float:
+  """The seeing scale (relative to the set's PSF) that `quantile` of the set's point-like objects are seen in or
+  better: the `quantile` quantile of their size ratios, never below 1 (the set's PSF itself). 1 when none."""
+  values = np.asarray(ratio, np.float64)[np.asarray(point_like, bool)]
+  values = values[np.isfinite(values)]
+  return float(max(1.0, np.quantile(values, quantile))) if values.size else 1.0
+
+
+def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np.ndarray, settings
+                          ) -> tuple[np.ndarray, dict]:
+  """(N,) pseudo-galaxies extended even against the set's worst plausible seeing, and label-free measurements.
+
+  The seeing varies between fields, so one PSF for the set makes stars seen in worse seeing look extended.
+  1. The seeing distribution, from the set itself: each bright object (S/N >= min_snr) is fitted with the set's
+     PSF dilated to its own size (`size_ratio`); those whose psfMag against it minus cModelMag (set PSF) is
+     below `margin` are point-like at their own seeing (a PSF of their size holds all their light), and their
+     size ratios are the set's seeing distribution (the stellar locus in size).
+  2. The worst plausible seeing: its `seeing_quantile` quantile k (`worst_seeing_scale`).
+  3. Every object refitted with the PSF dilated by k: psfMag - cModelMag against it above cut + galaxy_margin
+     (a point source seen in seeing up to k has ~0 there: both models reduce to the PSF), with a cModel fit
+     that describes the object (chi^2 per pixel, set PSF, below `max_galaxy_chi2`; a blend with a brighter
+     neighbour is not described), is a pseudo-galaxy.
+  Both references are 0, not a stellar locus measured on the brightest objects: those may be galaxies or blends.
+  Compact galaxies that pass as point-like widen the measured seeing: fewer pseudo-galaxies, not impure ones.
+  """
+  bright = np.isfinite(snr) & (snr >= settings.min_snr)
+  ratio = size_ratio(images, psf)
+  own = np.clip(np.where(np.isfinite(ratio), ratio, 1.0), 0.5, 8.0)
+  own_fits = photometry.fit_models(images, dilated_psf(psf, own), R_BAND)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    own_difference = -2.5 * np.log10(np.where((own_fits.psf_flux > 0) & (fits.cmodel_flux > 0),
+                                              own_fits.psf_flux / fits.cmodel_flux, np.nan))
+  point_like = bright & np.isfinite(own_difference) & (own_difference < settings.margin)
+  scale = worst_seeing_scale(ratio, point_like, float(settings.seeing_quantile))
+  worst = photometry.fit_models(images, dilated_psf(psf, scale), R_BAND)
+  difference = photometry.psf_minus_cmodel(worst)
+  centre, width = photometry.stellar_locus(difference, snr)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    described = fits.chi2_cmodel / fits.n_pixels < float(settings.max_galaxy_chi2)
+  galaxy = bright & np.isfinite(difference) & (difference > settings.cut + settings.galaxy_margin) & described
+  return galaxy, {"seeing_scale": scale, "n_point_like_seeing": int(point_like.sum()),
+                  "seeing_locus_centre_mag": centre, "seeing_locus_width_mag": width}
+
+
 class BrightEnd(NamedTuple):
   """The pseudo-labelled bright end of a set and the set's conditions (`measure_set`)."""
   indices: np.ndarray  # (M,) rows of the set with a pseudo-label
@@ -127,6 +196,11 @@ def measure_set(store, settings) -> BrightEnd:
   locus_centre, locus_width = photometry.stellar_locus(difference, snr)
   labels = pseudo_label_rule(difference, snr, locus_centre, min_snr=settings.min_snr, cut=settings.cut,
                              margin=settings.margin, galaxy_margin=settings.get("galaxy_margin"))
+  seeing = {}
+  if settings.get("seeing_aware", False):
+    galaxy, seeing = seeing_aware_galaxies(images, psf, fits, snr, settings)
+    labels[labels == PSEUDO_GALAXY] = NO_LABEL  # the pseudo-star rule stays; galaxies only against the worst seeing
+    labels[galaxy & (labels != PSEUDO_STAR)] = PSEUDO_GALAXY
   stars = labels == PSEUDO_STAR
   if stars.sum() < 2 or (labels == PSEUDO_GALAXY).sum() < 2:
     raise ValueError(f"the bright end holds {stars.sum()} pseudo-stars and {(labels == PSEUDO_GALAXY).sum()} "
@@ -142,7 +216,7 @@ def measure_set(store, settings) -> BrightEnd:
              "psf_sigma_px_per_band": conditions.psf_sigma.tolist(),
              "median_noise_per_band": np.median(conditions.noise_sigma, axis=0).tolist(),
              "pseudo_r_mag_range": [float(np.min(r_mag[candidates[keep]])), float(np.max(r_mag[candidates[keep]]))],
-             "noise_power_max_per_band": conditions.noise_power.max(axis=(1, 2)).tolist()}
+             "noise_power_max_per_band": conditions.noise_power.max(axis=(1, 2)).tolist(), **seeing}
   return BrightEnd(candidates[keep], labels[keep], r_mag, noise, conditions, summary)
 
 
