@@ -239,3 +239,13 @@ def test_config_checks_trace_the_classifier_with_labels_and_name_a_bad_setting()
     experiment.supervised_cnn_fits(config, opened)
   config.supervised_cnn.train.batch_size = 6
   experiment.supervised_cnn_fits(config, opened)
+
+
+def test_bright_end_cache_key_holds_the_code_version(monkeypatch, tmp_path):
+  class Store:
+    summary = {"fingerprint": "abc"}
+  settings = {"min_snr": 50.0}
+  first = bootstrap._cache_path(Store(), settings, tmp_path)
+  monkeypatch.setattr(bootstrap, "BRIGHT_END_VERSION", bootstrap.BRIGHT_END_VERSION + 1)
+  second = bootstrap._cache_path(Store(), settings, tmp_path)
+  assert first.parent == second.parent and first != second and first.name.startswith("abc-")

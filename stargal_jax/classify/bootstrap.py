@@ -53,6 +53,9 @@ CORE_RADIUS_PX = 8.0
 CHUNK = 1024
 NOISE_SAMPLE = 500  # cutouts the noise power spectrum is measured on
 FINAL_STAGE = "classifier"
+# Part of the bright end's cache key: raise it whenever measure_set's rules change, so that a cached set of
+# pseudo-labels made by other code is never reused (the key holds the settings and the store, not the code).
+BRIGHT_END_VERSION = 2
 
 
 # ------------------------------------------------------------------------------------ pseudo-labels
@@ -224,7 +227,7 @@ def _cache_path(store, settings: dict, cache_dir) -> Path | None:
   fingerprint = store.summary.get("fingerprint") if isinstance(getattr(store, "summary", None), dict) else None
   if not fingerprint:
     return None
-  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+  key = hashlib.sha256(json.dumps({**settings, "_version": BRIGHT_END_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
   return paths.cache_dir(cache_dir) / "bootstrap" / f"{fingerprint}-{key}.npz"
 
 
