@@ -677,7 +677,8 @@ def report(args, real, mr, matched, matched_kind, ms, default_kind, md, old_kind
            c2st_sets, c2st_views, c2st_views_v1, c2st_ablations, timings, c2st_controls, per_field,
            background) -> str:
   command = (f"python benchmarks/validate_simulator.py --workers {args.workers} --seed {args.seed} "
-             f"--n-default {args.n_default} --n-old {args.n_old}")
+             f"--n-default {args.n_default} --n-old {args.n_old}"
+             + (" --skip-c2st" if args.skip_c2st else "") + (" --skip-ablations" if args.skip_ablations else ""))
   passed = {n: summarise_rows(r) for n, r in rows.items()}
   lines = [
     "# Simulator validation against real SDSS fields", "",
