@@ -103,3 +103,15 @@ def test_refinements_from_config_read_the_edge_setting():
   assert pipeline.Refinements.from_config(sc).edge_options == edges.EdgeOptions(2.5, None)
   sc.edge_peak_fraction = 0.3
   assert pipeline.Refinements.from_config(sc).edge_options == edges.EdgeOptions(2.5, 0.3)
+
+
+def test_edges_leave_the_crowded_field_cap_alone(fitted):
+  images = np.concatenate([_scenes(2, 6), _scenes(2, 7, pedestal=3.0)])
+  capped, flooded = pipeline.segment_images(fitted, 3, images, refinements=pipeline.Refinements(crowding=True))
+  both, flooded_too = pipeline.segment_images(
+    fitted, 3, images, refinements=pipeline.Refinements(crowding=True, edge_options=edges.EdgeOptions(1.0)))
+  np.testing.assert_array_equal(flooded, [False, False, True, True])
+  np.testing.assert_array_equal(flooded_too, flooded)
+  np.testing.assert_array_equal(both[2:], capped[2:])  # the capped cutouts keep their masks
+  snr = pipeline.smoothed_snr(images[:2], 1.2)
+  np.testing.assert_array_equal(both[:2], edges.follow_isophote(capped[:2], snr, 1.0))

@@ -59,7 +59,8 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
   local background (`crowding.local_background`) is removed, and its object pixels are then cut to the limit
   (`crowding.cap_foreground`). Faint: significant peaks outside the object pixels are added
   (`faint.add_missed_sources`). Deblending: every component is split at its significant peaks. Edges: every
-  segment's outline moved to an isophote (`edges.follow_isophote`), after deblending."""
+  segment's outline moved to an isophote (`edges.follow_isophote`), after deblending, in the cutouts the
+  crowded-field rule left alone."""
   object_pixels = np.array(object_pixels, bool)
   snr = smoothed_snr(images, refinements.snr_sigma_px) if snr is None else np.array(snr, np.float32)
   flooded = np.zeros(len(images), bool)
@@ -76,9 +77,11 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
     object_pixels = faint.add_missed_sources(object_pixels, snr, refinements.faint_sources)
   masks = labelling.label_objects(object_pixels, options.min_area, options.connectivity, options.centre_radius,
                                   snr=snr, deblending=refinements.deblending)
-  if refinements.edge_options is not None:
-    masks = edges.follow_isophote(masks, snr, refinements.edge_options.level,
-                                  refinements.edge_options.peak_fraction)
+  if refinements.edge_options is not None:  # not where the crowded-field rule capped the object pixels: an
+    # isophote would fill the sky between crowded sources again
+    keep = ~flooded
+    masks[keep] = edges.follow_isophote(masks[keep], snr[keep], refinements.edge_options.level,
+                                        refinements.edge_options.peak_fraction)
   return masks.astype(labelling.MASK_DTYPE), flooded
 
 
