@@ -2,11 +2,11 @@
 segments themselves (which objects there are, which pixel belongs to which) staying the clusters' choice.
 
 Why: the hypercolumn clusters find objects and separate them, but where an object's light sinks into the sky
-they cut by the feature space's boundary, which follows no surface brightness: on simulator v2 the central
+they cut by the feature space's boundary, which follows no surface brightness: on simulator v2.0 the central
 masks of the full method were 0.05-0.12 below SEP's and photutils' in IoU in every magnitude bin, while its
 detections were as good or better. A mask truth (and an astronomer) defines an object's footprint by an
 isophote; SExtractor's is its detection threshold. Here the level is a setting chosen on held-back data
-(`segment.protocol.tune_edges`), like SEP's threshold.
+(`segment.protocol.tune_refinements`), like SEP's threshold.
 
 Per cutout: the pixels of each segment above `level` are its seeds; every pixel above `level` reachable from
 them through pixels above `level` joins the segment whose seed reaches it first in a priority flood
