@@ -35,18 +35,25 @@ def _draw(obj):
   return obj.drawImage(nx=N, ny=N, scale=PIXEL, offset=(0.5, 0.5)).array
 
 
-def _constructed_set(rng, n_each=24, noise=0.03):
-  """Bright stars (r ~ 17), bright galaxies (r ~ 17, 1.5"), faint stars and galaxies (r ~ 22.3), in 5 bands."""
-  psf = galsim.Kolmogorov(fwhm=1.3)
+def _scene_set(rng, specs, n_each, noise, profile):
+  """(images (n, 5, N, N), kinds): per spec (kind, flux, half-light radius or None for a star, seeing FWHM),
+  n_each objects of flux x U(0.7, 1.4), the same image in 5 bands plus white noise."""
   images, kinds = [], []
-  for kind, flux, radius in (("bright_star", 600.0, None), ("bright_galaxy", 600.0, 1.5),
-                             ("faint_star", 3.0, None), ("faint_galaxy", 3.0, 0.4)):
+  for kind, flux, radius, seeing in specs:
+    psf = galsim.Kolmogorov(fwhm=seeing)
     for _ in range(n_each):
-      obj = psf if radius is None else galsim.Convolve(galsim.Exponential(half_light_radius=radius), psf)
+      obj = psf if radius is None else galsim.Convolve(profile(half_light_radius=radius), psf)
       image = _draw(obj.withFlux(flux * rng.uniform(0.7, 1.4)))
       images.append(np.repeat(image[None], 5, axis=0) + rng.normal(0, noise, (5, N, N)))
       kinds.append(kind)
   return np.asarray(images, np.float32), np.array(kinds)
+
+
+def _constructed_set(rng, n_each=24, noise=0.03):
+  """Bright stars (r ~ 17), bright galaxies (r ~ 17, 1.5"), faint stars and galaxies (r ~ 22.3), in 5 bands."""
+  specs = (("bright_star", 600.0, None, 1.3), ("bright_galaxy", 600.0, 1.5, 1.3),
+           ("faint_star", 3.0, None, 1.3), ("faint_galaxy", 3.0, 0.4, 1.3))
+  return _scene_set(rng, specs, n_each, noise, galsim.Exponential)
 
 
 def test_pseudo_label_rule_on_a_constructed_set():
@@ -115,16 +122,9 @@ def _two_seeing_set(rng, n_each=16, noise=0.03):
   """Bright stars in 1.2" and in 1.6" seeing, bright galaxies (de Vaucouleurs, 1") in 1.2" seeing, faint
   galaxies. The bright galaxies are barely larger than the wide stars (adaptive size 1.48 vs 1.32 x the good
   stars'), but their wings are not a PSF's."""
-  images, kinds = [], []
-  for kind, flux, radius, seeing in (("good_star", 300.0, None, 1.2), ("wide_star", 300.0, None, 1.6),
-                                     ("galaxy", 300.0, 1.0, 1.2), ("faint", 3.0, 0.4, 1.2)):
-    for _ in range(n_each):
-      psf = galsim.Kolmogorov(fwhm=seeing)
-      obj = psf if radius is None else galsim.Convolve(galsim.DeVaucouleurs(half_light_radius=radius), psf)
-      image = _draw(obj.withFlux(flux * rng.uniform(0.7, 1.4)))
-      images.append(np.repeat(image[None], 5, axis=0) + rng.normal(0, noise, (5, N, N)))
-      kinds.append(kind)
-  return np.asarray(images, np.float32), np.array(kinds)
+  specs = (("good_star", 300.0, None, 1.2), ("wide_star", 300.0, None, 1.6),
+           ("galaxy", 300.0, 1.0, 1.2), ("faint", 3.0, 0.4, 1.2))
+  return _scene_set(rng, specs, n_each, noise, galsim.DeVaucouleurs)
 
 
 def test_seeing_aware_rule_calls_a_star_in_worse_seeing_no_galaxy_where_the_set_psf_rule_does():
