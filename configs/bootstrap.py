@@ -11,7 +11,8 @@ threshold; `eval.supervised_cnn` trains the same network on the labels (5-fold) 
 
 Arguments: `smoke` (tiny, seconds), `student` (a second, noisy-student round on the set's confident objects),
 `galaxy_cut` (pseudo-galaxies only above 0.5, not 0.195: purer on the tuning set), `seeing_aware` (pseudo-galaxies
-only if extended against the set's worst plausible seeing, measured from its own point-like objects), `no_shrink` (no size change), `white_noise` (added noise white, not the set's measured spectrum), `no_reference`
+only if extended against the set's worst plausible seeing, measured from its own point-like objects), `point_like_seeing` (the degradation's seeing from every bright object
+point-like at its own seeing, not only the pseudo-stars), `no_shrink` (no size change), `white_noise` (added noise white, not the set's measured spectrum), `no_reference`
 (skip the supervised CNN reference).
 """
 
@@ -19,7 +20,8 @@ import ml_collections
 
 from configs import common
 
-ARGUMENTS = ("smoke", "student", "no_shrink", "white_noise", "no_reference", "galaxy_cut", "seeing_aware")
+ARGUMENTS = ("smoke", "student", "no_shrink", "white_noise", "no_reference", "galaxy_cut", "seeing_aware",
+             "point_like_seeing")
 
 
 def bootstrap_config() -> ml_collections.ConfigDict:
@@ -41,7 +43,11 @@ def bootstrap_config() -> ml_collections.ConfigDict:
       max_galaxy_chi2=5.0,
       preselect_fraction=0.5,  # fits only where the 2" aperture S/N reaches this fraction of min_snr
       max_fit=3000,  # at most this many model fits (evenly thinned in the set's order)
-      correlated_noise=True))  # reproduce the set's measured noise power spectrum (False: white)
+      correlated_noise=True,  # reproduce the set's measured noise power spectrum (False: white)
+      # The degradation's seeing: the sizes of the pseudo-stars (point-like against the set's PSF, so seen in
+      # the set's better seeing) or of every bright object point-like at its own seeing (`point_like_seeing`
+      # argument: the stars of the worse-seeing fields too; classify.bootstrap.seeing_distribution).
+      seeing_from="pseudo_stars"))
   settings.degrade = ml_collections.ConfigDict(dict(
       shrink_exponent_max=1.0,  # s = 10^(0.2 a dm), a ~ U(0, 1): 1 = the same galaxy moved farther away
       max_scale=4.0,
@@ -68,6 +74,8 @@ def get_config(arg=None):
     config.bootstrap.pseudo.galaxy_margin = 0.35
   if "seeing_aware" in args:  # galaxies only if extended against the set's worst plausible seeing
     config.bootstrap.pseudo.seeing_aware = True
+  if "point_like_seeing" in args:  # degrade to the seeing of every object point-like at its own seeing
+    config.bootstrap.pseudo.seeing_from = "point_like"
   if "student" in args:
     config.bootstrap.rounds = 3
   if "no_shrink" in args:

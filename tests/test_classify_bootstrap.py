@@ -151,6 +151,32 @@ def test_seeing_aware_rule_calls_a_star_in_worse_seeing_no_galaxy_where_the_set_
   assert "seeing_scale" not in old.summary
 
 
+def test_point_like_seeing_source_holds_the_worse_seeing_stars_the_pseudo_stars_miss():
+  rng = np.random.default_rng(4)
+  images, kinds = _two_seeing_set(rng)
+  stars_config = load_config("bootstrap", "no_reference,seeing_aware")
+  point_config = load_config("bootstrap", "no_reference,seeing_aware,point_like_seeing")
+  assert (stars_config.bootstrap.pseudo.seeing_from, point_config.bootstrap.pseudo.seeing_from) == (
+      "pseudo_stars", "point_like")
+  from_stars = bootstrap.measure_set(_Images(images), stars_config.bootstrap.pseudo).conditions
+  from_point = bootstrap.measure_set(_Images(images), point_config.bootstrap.pseudo).conditions
+  r = bootstrap.R_BAND
+  stars_ratio = from_stars.seeing_sigma[:, r] / from_stars.psf_sigma[r]
+  point_ratio = from_point.seeing_sigma[:, r] / from_point.psf_sigma[r]
+  # The pseudo-stars are the 1.2" stars only; the point-like objects add the 1.6" ones, 1.6 / 1.2 times wider
+  # (the galaxies are not point-like at any seeing), and every band widens by the same factor.
+  assert len(stars_ratio) == np.sum(kinds == "good_star") and np.all(np.abs(stars_ratio - 1.0) < 0.1)
+  assert len(point_ratio) == np.sum(np.isin(kinds, ("good_star", "wide_star")))
+  assert np.sum(point_ratio > 1.15) == np.sum(kinds == "wide_star")
+  assert np.median(point_ratio[point_ratio > 1.15]) == pytest.approx(1.6 / 1.2, rel=0.05)
+  np.testing.assert_allclose(from_point.seeing_sigma / from_point.psf_sigma[None], point_ratio[:, None] *
+                             np.ones((1, 5)), rtol=1e-6)
+  from stargal_jax import config_checks as cc
+  point_config.bootstrap.pseudo.seeing_from = "stars_i_like"
+  with pytest.raises(cc.ConfigError, match=r"config.bootstrap.pseudo.seeing_from = 'stars_i_like'"):
+    experiment.check_config(point_config)
+
+
 def test_seeing_aware_rule_leaves_out_a_blend_its_galaxy_model_cannot_describe():
   rng = np.random.default_rng(5)
   psf = galsim.Kolmogorov(fwhm=1.2)

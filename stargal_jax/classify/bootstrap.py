@@ -55,7 +55,7 @@ NOISE_SAMPLE = 500  # cutouts the noise power spectrum is measured on
 FINAL_STAGE = "classifier"
 # Part of the bright end's cache key: raise it whenever measure_set's rules change, so that a cached set of
 # pseudo-labels made by other code is never reused (the key holds the settings and the store, not the code).
-BRIGHT_END_VERSION = 2
+BRIGHT_END_VERSION = 3
 
 
 # ------------------------------------------------------------------------------------ pseudo-labels
@@ -117,15 +117,37 @@ def worst_seeing_scale(ratio: np.ndarray, point_like: np.ndarray, quantile: floa
   return float(max(1.0, np.quantile(values, quantile))) if values.size else 1.0
 
 
-def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np.ndarray, settings
-                          ) -> tuple[np.ndarray, dict]:
+# Where the degradation draws its seeing from (config.bootstrap.pseudo.seeing_from).
+SEEING_SOURCES = ("pseudo_stars", "point_like")
+
+
+def seeing_distribution(images, psf: photometry.GaussianMixture, fits, snr: np.ndarray, margin: float, min_snr: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """The set's seeing distribution, from the set itself: (ratio (N,), point_like (N,) bool).
+
+  Each object is fitted with the set's PSF dilated to its own size (`size_ratio`); the bright ones (S/N >=
+  min_snr) whose psfMag against it minus cModelMag (set PSF) is below `margin` are point-like at their own seeing
+  (a PSF of their size holds all their light), and their size ratios are the set's seeing distribution (the
+  stellar locus in size). Unlike the pseudo-stars (point-like against the set's PSF) they include the stars seen
+  in worse seeing than the set's.
+  """
+  bright = np.isfinite(snr) & (snr >= min_snr)
+  ratio = size_ratio(images, psf)
+  own = np.clip(np.where(np.isfinite(ratio), ratio, 1.0), 0.5, 8.0)
+  own_fits = photometry.fit_models(images, dilated_psf(psf, own), R_BAND)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    own_difference = -2.5 * np.log10(np.where((own_fits.psf_flux > 0) & (fits.cmodel_flux > 0),
+                                              own_fits.psf_flux / fits.cmodel_flux, np.nan))
+  point_like = bright & np.isfinite(own_difference) & (own_difference < margin) & np.isfinite(ratio)
+  return ratio, point_like
+
+
+def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np.ndarray, ratio: np.ndarray,
+                          point_like: np.ndarray, settings) -> tuple[np.ndarray, dict]:
   """(N,) pseudo-galaxies extended even against the set's worst plausible seeing, and label-free measurements.
 
   The seeing varies between fields, so one PSF for the set makes stars seen in worse seeing look extended.
-  1. The seeing distribution, from the set itself: each bright object (S/N >= min_snr) is fitted with the set's
-     PSF dilated to its own size (`size_ratio`); those whose psfMag against it minus cModelMag (set PSF) is
-     below `margin` are point-like at their own seeing (a PSF of their size holds all their light), and their
-     size ratios are the set's seeing distribution (the stellar locus in size).
+  1. The seeing distribution (`seeing_distribution`: `ratio` of the `point_like` objects).
   2. The worst plausible seeing: its `seeing_quantile` quantile k (`worst_seeing_scale`).
   3. Every object refitted with the PSF dilated by k: psfMag - cModelMag against it above cut + galaxy_margin
      (a point source seen in seeing up to k has ~0 there: both models reduce to the PSF), with a cModel fit
@@ -135,13 +157,6 @@ def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np
   Compact galaxies that pass as point-like widen the measured seeing: fewer pseudo-galaxies, not impure ones.
   """
   bright = np.isfinite(snr) & (snr >= settings.min_snr)
-  ratio = size_ratio(images, psf)
-  own = np.clip(np.where(np.isfinite(ratio), ratio, 1.0), 0.5, 8.0)
-  own_fits = photometry.fit_models(images, dilated_psf(psf, own), R_BAND)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    own_difference = -2.5 * np.log10(np.where((own_fits.psf_flux > 0) & (fits.cmodel_flux > 0),
-                                              own_fits.psf_flux / fits.cmodel_flux, np.nan))
-  point_like = bright & np.isfinite(own_difference) & (own_difference < settings.margin)
   scale = worst_seeing_scale(ratio, point_like, float(settings.seeing_quantile))
   worst = photometry.fit_models(images, dilated_psf(psf, scale), R_BAND)
   difference = photometry.psf_minus_cmodel(worst)
@@ -149,8 +164,7 @@ def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np
   with np.errstate(divide="ignore", invalid="ignore"):
     described = fits.chi2_cmodel / fits.n_pixels < float(settings.max_galaxy_chi2)
   galaxy = bright & np.isfinite(difference) & (difference > settings.cut + settings.galaxy_margin) & described
-  return galaxy, {"seeing_scale": scale, "n_point_like_seeing": int(point_like.sum()),
-                  "seeing_locus_centre_mag": centre, "seeing_locus_width_mag": width}
+  return galaxy, {"seeing_scale": scale, "seeing_locus_centre_mag": centre, "seeing_locus_width_mag": width}
 
 
 class BrightEnd(NamedTuple):
@@ -199,9 +213,19 @@ def measure_set(store, settings) -> BrightEnd:
   locus_centre, locus_width = photometry.stellar_locus(difference, snr)
   labels = pseudo_label_rule(difference, snr, locus_centre, min_snr=settings.min_snr, cut=settings.cut,
                              margin=settings.margin, galaxy_margin=settings.get("galaxy_margin"))
-  seeing = {}
+  seeing, seeing_ratio = {}, None
+  seeing_from = settings.get("seeing_from", "pseudo_stars")
+  if settings.get("seeing_aware", False) or seeing_from == "point_like":
+    ratio, point_like = seeing_distribution(images, psf, fits, snr, settings.margin, settings.min_snr)
+    seeing = {"n_point_like_seeing": int(point_like.sum())}
+    if seeing_from == "point_like":
+      if point_like.sum() == 0:
+        raise ValueError("no bright object is point-like at its own seeing: cannot measure the set's seeing "
+                         "(config.bootstrap.pseudo.seeing_from='pseudo_stars' uses the pseudo-stars)")
+      seeing_ratio = ratio[point_like]
   if settings.get("seeing_aware", False):
-    galaxy, seeing = seeing_aware_galaxies(images, psf, fits, snr, settings)
+    galaxy, measured = seeing_aware_galaxies(images, psf, fits, snr, ratio, point_like, settings)
+    seeing.update(measured)
     labels[labels == PSEUDO_GALAXY] = NO_LABEL  # the pseudo-star rule stays; galaxies only against the worst seeing
     labels[galaxy & (labels != PSEUDO_STAR)] = PSEUDO_GALAXY
   stars = labels == PSEUDO_STAR
@@ -211,7 +235,8 @@ def measure_set(store, settings) -> BrightEnd:
   rng = np.random.default_rng(0)
   noise_rows = np.sort(rng.choice(len(store), min(NOISE_SAMPLE, len(store)), replace=False))
   conditions = degrade.measure_conditions(r_mag[np.isfinite(r_mag)], noise, images[stars],
-                                          store.read(noise_rows), correlated_noise=settings.correlated_noise)
+                                          store.read(noise_rows), correlated_noise=settings.correlated_noise,
+                                          seeing_ratio=seeing_ratio)
   keep = labels != NO_LABEL
   summary = {"n_set": int(len(store)), "n_saturated": int(saturated.sum()), "n_fitted": int(len(candidates)),
              "n_pseudo_star": int(stars.sum()), "n_pseudo_galaxy": int((labels == PSEUDO_GALAXY).sum()),
