@@ -57,10 +57,13 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
   # Mask edges at an isophote (segment/edges.py): each segment's outline moved to `edge_level` sigma of the
   # smoothed S/N map, the clusters still deciding which objects there are and which pixel is whose.
   # A segment whose peak is below edge_level / edge_peak_fraction takes edge_peak_fraction x its peak instead
-  # (0: one level for all). The protocol (benchmarks/segmentation_protocol.py) chooses both on a tuning split.
+  # (0: one level for all). After the edges, a neighbour segment whose peak in that map is below `edge_min_peak` sigma
+  # is dropped (0: all kept; the central always stays). The protocol (benchmarks/segmentation_protocol.py) chooses
+  # the three on a tuning split.
   seg.edges = False
   seg.edge_level = 8.0
   seg.edge_peak_fraction = 0.0
+  seg.edge_min_peak = 0.0
   seg.crowding = True
   seg.flood_images = 500
   seg.flood_quantile = 0.995

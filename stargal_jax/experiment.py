@@ -220,6 +220,7 @@ SEGMENTATION_SETTINGS = {
     "seg.edges": cc.boolean,
     "seg.edge_level": cc.number(0, low_open=True),
     "seg.edge_peak_fraction": cc.number(0, 1),
+    "seg.edge_min_peak": cc.number(0),
     "seg.crowding": cc.boolean,
     "seg.flood_images": cc.integer(1),
     "seg.flood_quantile": cc.number(0, 1),

@@ -73,3 +73,43 @@ def test_peak_fraction_gives_a_faint_segment_its_own_isophote():
   # Without it the faint one keeps only its pixels above 8.
   plain = edges.follow_isophote(masks, snr, 8.0)[0]
   np.testing.assert_array_equal(plain == 2, (snr[0] > 8.0) & (np.mgrid[0:32, 0:48][1] >= 24))
+
+
+def test_keep_significant_drops_the_neighbours_without_a_significant_peak():
+  snr = np.zeros((2, 8, 8), np.float32)
+  masks = np.zeros((2, 8, 8), np.int16)
+  masks[0, 0:2, 0:2], snr[0, 0:2, 0:2] = 1, [[3.0, 4.0], [2.0, 1.0]]  # a faint central: stays
+  masks[0, 0:2, 5:8], snr[0, 0:2, 5:8] = 2, [[7.0, 7.9, 6.0], [1.0, 1.0, 1.0]]  # peak 7.9 < 8: dropped
+  masks[0, 5:8, 5:8], snr[0, 5:8, 5:8] = 3, 2.0
+  snr[0, 6, 6] = 8.0  # peak exactly 8: kept
+  masks[0, 5:8, 0:2], snr[0, 5:8, 0:2] = 5, 20.0  # label 4 absent: numbers are kept
+  snr[0, 3, 3] = 50.0  # a bright pixel in no segment stays background
+  masks[1, 2:4, 2:4], snr[1, 2:4, 2:4] = 2, 1.0  # a cutout with only a faint neighbour ends empty
+  out = edges.keep_significant(masks, snr, 8.0)
+  # By hand: the peaks per (cutout, label) are (0,1) 4, (0,2) 7.9, (0,3) 8, (0,5) 20, (1,2) 1.
+  expected = masks.copy()
+  expected[0][masks[0] == 2] = 0
+  expected[1][masks[1] == 2] = 0
+  np.testing.assert_array_equal(out, expected)
+  assert out.dtype == masks.dtype
+  assert sorted(np.unique(out[0])) == [0, 1, 3, 5] and not out[1].any()
+  np.testing.assert_array_equal(edges.keep_significant(masks, snr, 0.5), masks)  # every peak passes
+
+
+def test_edge_options_read_the_least_peak_from_the_config():
+  from configs import segmentation
+  sc = segmentation.seg_config()
+  assert edges.EdgeOptions.from_config(sc).min_peak is None  # 0 = off
+  sc.edge_min_peak = 8.0
+  assert edges.EdgeOptions.from_config(sc) == edges.EdgeOptions(8.0, None, 8.0)
+
+
+def test_a_negative_least_peak_fails_the_config_check():
+  import pytest
+  from configs import segmentation
+  from stargal_jax import config_checks as cc
+  from stargal_jax import experiment
+  config = segmentation.get_config()
+  config.seg.edge_min_peak = -1.0
+  with pytest.raises(cc.ConfigError, match=r"config.seg.edge_min_peak = -1.0: must be >= 0"):
+    experiment.check_config(config)

@@ -19,20 +19,23 @@ detection) keeps its pixels.
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
 
 from stargal_jax.segment import deblend
 
 
 @dataclasses.dataclass(frozen=True)
 class EdgeOptions:
-  """`follow_isophote`'s level (sigma of the smoothed S/N map) and peak fraction (None: one level for all)."""
+  """`follow_isophote`'s level (sigma of the smoothed S/N map) and peak fraction (None: one level for all), and
+  `keep_significant`'s least peak of a neighbour segment after the edges (None: every segment kept)."""
   level: float = 8.0
   peak_fraction: float | None = None
+  min_peak: float | None = None
 
   @classmethod
   def from_config(cls, seg_config) -> "EdgeOptions":
-    fraction = float(seg_config.edge_peak_fraction)
-    return cls(float(seg_config.edge_level), fraction if fraction > 0 else None)
+    fraction, min_peak = float(seg_config.edge_peak_fraction), float(seg_config.edge_min_peak)
+    return cls(float(seg_config.edge_level), fraction if fraction > 0 else None, min_peak if min_peak > 0 else None)
 
 
 def follow_isophote(masks: np.ndarray, snr: np.ndarray, level: float,
@@ -59,4 +62,20 @@ def follow_isophote(masks: np.ndarray, snr: np.ndarray, level: float,
     grown = deblend.priority_flood(image_snr, (image_snr > lowest) | whole, seeds, assign_unreached=False)
     # A pixel stays only above its own segment's level (the flood went as low as the lowest of them).
     out[i] = np.where(whole | (image_snr > own_level[grown]), grown, 0)
+  return out
+
+
+def keep_significant(masks: np.ndarray, snr: np.ndarray, min_peak: float) -> np.ndarray:
+  """Masks (N, H, W) without the neighbour segments (labels 2+) whose peak in the smoothed S/N map `snr` is below
+  `min_peak` sigma; the central (label 1) always stays (the cutout is centred on a catalogued object, and it is
+  scored by its mask); labels keep their numbers."""
+  masks = np.asarray(masks)
+  out = masks.copy()
+  for i, (mask, image_snr) in enumerate(zip(masks, np.asarray(snr, np.float32))):
+    labels = np.unique(mask[mask > 1])
+    if labels.size == 0:
+      continue
+    peaks = np.full(int(labels.max()) + 1, np.inf)
+    peaks[labels] = ndimage.maximum(image_snr, mask, labels)
+    out[i][(mask > 1) & (peaks[mask] < min_peak)] = 0
   return out

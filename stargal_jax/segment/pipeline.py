@@ -60,7 +60,8 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
   (`crowding.cap_foreground`). Faint: significant peaks outside the object pixels are added
   (`faint.add_missed_sources`). Deblending: every component is split at its significant peaks. Edges: every
   segment's outline moved to an isophote (`edges.follow_isophote`), after deblending, in the cutouts the
-  crowded-field rule left alone."""
+  crowded-field rule left alone; there, with `min_peak`, neighbour segments without a significant peak are then
+  dropped (`edges.keep_significant`)."""
   object_pixels = np.array(object_pixels, bool)
   snr = smoothed_snr(images, refinements.snr_sigma_px) if snr is None else np.array(snr, np.float32)
   flooded = np.zeros(len(images), bool)
@@ -82,6 +83,8 @@ def refine(fitted, k: int, object_pixels: np.ndarray, images: np.ndarray, option
     keep = ~flooded
     masks[keep] = edges.follow_isophote(masks[keep], snr[keep], refinements.edge_options.level,
                                         refinements.edge_options.peak_fraction)
+    if refinements.edge_options.min_peak is not None:
+      masks[keep] = edges.keep_significant(masks[keep], snr[keep], refinements.edge_options.min_peak)
   return masks.astype(labelling.MASK_DTYPE), flooded
 
 
