@@ -188,7 +188,8 @@ def main(argv=None) -> int:
                                 "deblend": dataclasses.asdict(dataclasses.replace(base,
                                                                                   contrast=best["deblend_contrast"])),
                                 "faint": {"peak": best["faint_peak"], "low": float(sc.faint_low)},
-                                "edges": {"level": best["edge_level"], "peak_fraction": best["edge_peak_fraction"]}}
+                                "edges": {"level": best["edge_level"], "peak_fraction": best["edge_peak_fraction"],
+                                          "min_peak": best["edge_min_peak"]}}
     deblending = deblend.DeblendOptions(**results["refinements"]["deblend"])
     faint_options = faint_from(results["refinements"])
     edge_options = edge_from(results["refinements"])

@@ -26,6 +26,7 @@ DEBLEND_CONTRASTS = (0.001, 0.005, 0.02, 0.1)
 FAINT_PEAKS = (None, 4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise); None = no faint sources
 EDGE_LEVELS = (None, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)  # the same map's sigma; None = the clusters' own
 EDGE_PEAK_FRACTIONS = (None, 0.1, 0.2, 0.3, 0.5)  # None = one level for every segment
+EDGE_MIN_PEAKS = (None, 6.0, 7.0, 8.0, 9.0, 10.0)  # the same map's sigma; None = every segment kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +150,12 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
                      faint_peaks: Sequence[float | None] = FAINT_PEAKS,
                      faint_low: float = faint.FaintOptions().low, snr_sigma_px: float = 1.2,
                      chunk: int = 64, edge_levels: Sequence[float | None] = EDGE_LEVELS,
-                     edge_peak_fractions: Sequence[float | None] = EDGE_PEAK_FRACTIONS) -> tuple[dict, list[dict]]:
+                     edge_peak_fractions: Sequence[float | None] = EDGE_PEAK_FRACTIONS,
+                     edge_min_peaks: Sequence[float | None] = EDGE_MIN_PEAKS) -> tuple[dict, list[dict]]:
   """Our deblending contrast and faint-source peak (None: no faint sources) chosen together on a tuning split,
   with the segmenter `fitted` and the crowded-field rule on (the full method), then the isophote of the mask
-  edges (None: the clusters' own) with those two fixed, then (when a level was chosen) its peak fraction; one hypercolumn pass, then each setting's refinements.
+  edges (None: the clusters' own) with those two fixed, then (when a level was chosen) its peak fraction, then the
+  least peak of a kept neighbour segment (None: all kept); one hypercolumn pass, then each setting's refinements.
   Whether the faint sources are added and the edges moved at all is thus the data's choice."""
   object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)
@@ -173,14 +176,18 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
   if best["edge_level"] is not None:
     fraction_grid = [{**best, "edge_peak_fraction": None if f is None else float(f)} for f in edge_peak_fractions]
     best, fraction_rows = grid_search(masks_for, fraction_grid, split)
-  return {"edge_peak_fraction": None, **best}, rows + edge_rows + fraction_rows
+    peak_grid = [{**best, "edge_min_peak": None if p is None else float(p)} for p in edge_min_peaks]
+    best, peak_rows = grid_search(masks_for, peak_grid, split)
+    fraction_rows += peak_rows
+  return {"edge_peak_fraction": None, "edge_min_peak": None, **best}, rows + edge_rows + fraction_rows
 
 
 def edge_options_of(setting: dict) -> edges.EdgeOptions | None:
   """The mask-edge options of a tuning setting (None: the clusters' own edges)."""
   if setting.get("edge_level") is None:
     return None
-  return edges.EdgeOptions(float(setting["edge_level"]), setting.get("edge_peak_fraction"))
+  return edges.EdgeOptions(float(setting["edge_level"]), setting.get("edge_peak_fraction"),
+                           setting.get("edge_min_peak"))
 
 
 def score_all(masks_by_method: Mapping[str, np.ndarray], split: Split) -> dict[str, dict]:

@@ -199,7 +199,8 @@ def protocol_lines(out: Mapping) -> list[str]:
               f"peaks {grid[1]})"
               + (f", then the mask-edge isophote {'none (the clusters own edges)' if edge is None else f'{edge:g} sigma'}"
                  f" (levels {edge_grid})" if edge_grid else "")
-              + (f", then its peak fraction {r['best'].get('edge_peak_fraction')}" if edge is not None else "") + ".", ""]
+              + (f", then its peak fraction {r['best'].get('edge_peak_fraction')} and the least peak of a kept "
+                 f"neighbour {r['best'].get('edge_min_peak')}" if edge is not None else "") + ".", ""]
   checks = []
   for name, d in (out.get("distributions") or {}).items():
     first = next(iter(d["scores"].values()))
