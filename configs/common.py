@@ -43,6 +43,7 @@ def train_config(steps: int, batch_size: int = 128, learning_rate: float = 1e-3)
   train.steps = steps
   train.batch_size = batch_size
   train.learning_rate = learning_rate
+  train.lr_schedule = "constant"  # constant | cosine (decay to 0 at the last step; train.LR_SCHEDULES)
   train.grad_clip = 10.0
   train.checkpoint_every = 200
   train.log_every = 50

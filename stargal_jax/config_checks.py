@@ -185,7 +185,7 @@ def _data_rules() -> dict[str, Rule]:
 
 
 def _stage_rules() -> dict[str, Rule]:
-  from stargal_jax import inputs, losses, models
+  from stargal_jax import inputs, losses, models, train
   return {
       "*.model": choice(models.MODELS, "model"),
       "*.model_kwargs.latent_dim": integer(1),
@@ -214,6 +214,7 @@ def _stage_rules() -> dict[str, Rule]:
       "*.train.checkpoint_every": integer(1),
       "*.train.log_every": integer(1),
       "*.train.augment": choice(inputs.AUGMENTATIONS, "augmentation"),
+      "*.train.lr_schedule": choice(lambda: train.LR_SCHEDULES, "learning-rate schedule"),
       "eval.eval_batch_size": integer(1),
       "eval.supervised_ceiling": boolean,
       "eval.supervised_cnn": boolean,
@@ -302,7 +303,7 @@ def _canonical(value) -> str:
 
 # The train block's numbers (checked by their own rules) shape nothing a step traces: one stands for all, so the
 # full and `:smoke` sizes of a stage share a trace.
-_TRACE_TRAIN = ml_collections.ConfigDict(dict(learning_rate=1e-3, grad_clip=10.0))
+_TRACE_TRAIN = ml_collections.ConfigDict(dict(learning_rate=1e-3, grad_clip=10.0, steps=1))
 
 
 @functools.lru_cache(maxsize=64)

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from stargal_jax import distributed, losses, models
+from stargal_jax import distributed, losses, models, registry
 from stargal_jax.checkpoint_checksums import checksum_problem, step_dirs, write_checksums
 
 Batch = Mapping[str, np.ndarray]
@@ -60,8 +60,18 @@ class TrainResult:
   history: list[dict[str, float]]
 
 
+# The learning rate over a stage's steps (train.lr_schedule): constant, or cosine decay to 0 at the last step
+# (the final parameters, the ones a run keeps, are then not one noisy snapshot of a constant-rate walk).
+LR_SCHEDULES: dict[str, Callable[[float, int], optax.ScalarOrSchedule]] = {
+    "constant": lambda rate, steps: rate,
+    "cosine": lambda rate, steps: optax.cosine_decay_schedule(rate, steps),
+}
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), optax.adam(train_config.learning_rate))
+  schedule = registry.lookup(LR_SCHEDULES, train_config.get("lr_schedule", "constant"), "learning-rate schedule")
+  rate = schedule(float(train_config.learning_rate), int(train_config.steps))
+  return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), optax.adam(rate))
 
 
 def data_mesh(batch_size: int) -> Mesh:

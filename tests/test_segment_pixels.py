@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from stargal_jax.segment import pixels
 
@@ -79,3 +80,20 @@ def test_nanmedian_last_axis_is_numpys_nanmedian():
   with np.errstate(all="ignore"), pixels.quiet_nan_warnings():
     expected = np.nanmedian(x, axis=-1)
   np.testing.assert_array_equal(pixels.nanmedian_last_axis(x), expected)
+
+
+def test_filtered_noise_gain_matches_monte_carlo_and_evens_the_smoothed_snr_noise_to_the_edges():
+  from stargal_jax.segment import pipeline
+  rng = np.random.default_rng(7)
+  noise = rng.normal(size=(3000, 24, 24))
+  filtered = ndimage.gaussian_filter(noise, (0, 1.2, 1.2), mode="nearest")
+  measured = np.sqrt((filtered ** 2).mean(axis=0) / (filtered[:, 9:15, 9:15] ** 2).mean())
+  gain = pixels.filtered_noise_gain(24, 24, 1.2)
+  # Row profile (averaged over the middle columns) and the four corners, each from ~10^4-10^5 samples.
+  np.testing.assert_allclose(gain[:, 12], measured[:, 8:16].mean(axis=1), rtol=0.04)  # 1.47 at the edge rows
+  corners = measured[[0, 0, -1, -1], [0, -1, 0, -1]]
+  np.testing.assert_allclose(gain[[0, 0, -1, -1], [0, -1, 0, -1]], corners.mean(), rtol=0.04)  # 2.15
+  # The smoothed S/N map of pure noise: unit sigma on the edge rows as in the middle (it was ~1.47x).
+  snr = pipeline.smoothed_snr(rng.normal(size=(60, 5, 40, 40)), 1.2)
+  edge = np.concatenate([snr[:, 0, 3:-3].ravel(), snr[:, -1, 3:-3].ravel()])
+  assert edge.std() == pytest.approx(snr[:, 15:25, 15:25].std(), rel=0.06)

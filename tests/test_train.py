@@ -277,3 +277,24 @@ def test_the_non_finite_stop_names_what_describes_the_failing_batch(tmp_path):
   with pytest.raises(train.TrainingDiverged, match=r"step 5 .*rows of step 5") as error:
     train.train(_model(), _train_config(8), LOSS, OPTIONS, source, jax.random.key(1), tmp_path / "d", "d")
   assert error.value.step == 5
+
+
+def test_cosine_schedule_decays_adam_steps_to_zero_at_the_last_step():
+  steps, rate = 10, 0.1
+  config = ml_collections.ConfigDict(dict(steps=steps, learning_rate=rate, grad_clip=1e9, lr_schedule="cosine"))
+  optimizer = train.make_optimizer(config)
+  params = jnp.zeros(3)
+  state = optimizer.init(params)
+  sizes = []
+  for _ in range(steps):
+    updates, state = optimizer.update(jnp.ones(3), state, params)  # a constant gradient: Adam moves by the rate
+    sizes.append(float(-updates[0]))
+  expected = rate * 0.5 * (1 + np.cos(np.pi * np.arange(steps) / steps))
+  np.testing.assert_allclose(sizes, expected, rtol=1e-4)
+  config.lr_schedule = "constant"
+  optimizer = train.make_optimizer(config)
+  updates, _ = optimizer.update(jnp.ones(3), optimizer.init(params), params)
+  np.testing.assert_allclose(-np.asarray(updates), rate, rtol=1e-4)
+  config.lr_schedule = "warm"
+  with pytest.raises(KeyError, match="learning-rate schedule 'warm'"):
+    train.make_optimizer(config)

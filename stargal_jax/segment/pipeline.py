@@ -33,8 +33,10 @@ class Refinements:
 def smoothed_snr(images: np.ndarray, sigma_px: float) -> np.ndarray:
   """(N, H, W) the gri S/N map filtered by a Gaussian of `sigma_px`, unclipped, in units of its own robust
   noise: the filtered map's level and sigma are measured per cutout (`pixels.robust_background`), so correlated
-  pixel noise (resampled frames) does not inflate the significance that white-noise scaling would assume."""
+  pixel noise (resampled frames) does not inflate the significance that white-noise scaling would assume; near
+  the cutout's edge, where the filter leaves more noise, in units of the noise there (`pixels.filtered_noise_gain`)."""
   filtered = pixels.detection_image(np.asarray(images), "gri", sigma_px, clip=None)
+  filtered = filtered / pixels.filtered_noise_gain(*filtered.shape[-2:], sigma_px).astype(np.float32)
   level, sigma = pixels.robust_background(filtered[:, None])
   sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, 1.0)
   return ((filtered - np.nan_to_num(level)[:, :, None]) / sigma[:, :, None]).astype(np.float32)

@@ -158,6 +158,18 @@ def detection_image(images: np.ndarray, bands: str = "gri", sigma_px: float = 1.
   return (filtered if clip is None else np.clip(filtered, *clip)).astype(np.float32)
 
 
+def filtered_noise_gain(height: int, width: int, sigma_px: float) -> np.ndarray:
+  """(H, W): the noise sigma of white noise filtered as `detection_image` filters it (Gaussian of `sigma_px`,
+  mode 'nearest'), over its value far from the edges. 'nearest' folds the kernel's outer weights onto the edge
+  pixel, so near the cutout's edge the filtered noise is larger (x1.5 along an edge, x2.3 in a corner at 1.2 px):
+  a threshold in units of the interior's noise passes edge noise peaks. Exact: per axis, the filter is a matrix."""
+  def axis_gain(n: int) -> np.ndarray:
+    weights = ndimage.gaussian_filter1d(np.eye(n), sigma_px, axis=0, mode="nearest")  # [out, in]
+    gain = np.sqrt((weights ** 2).sum(axis=1))
+    return gain / gain[n // 2]
+  return np.outer(axis_gain(height), axis_gain(width))
+
+
 def model_inputs(images: np.ndarray, normalizer: dict) -> np.ndarray:
   """Raw (N, 5, H, W) nanomaggies -> normalised NHWC float32; non-finite pixels as 0 (nan_policy 'zero')."""
   clean = np.nan_to_num(np.asarray(images, np.float32), nan=0.0, posinf=0.0, neginf=0.0)

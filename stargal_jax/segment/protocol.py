@@ -25,7 +25,7 @@ PHOTUTILS_GRID = tuple({"nsigma": s, "contrast": c, "fwhm_px": 2.5}
 DEBLEND_CONTRASTS = (0.001, 0.005, 0.02, 0.1)
 FAINT_PEAKS = (None, 4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise); None = no faint sources
 EDGE_LEVELS = (None, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)  # the same map's sigma; None = the clusters' own
-EDGE_PEAK_FRACTIONS = (None, 0.1, 0.2, 0.3, 0.5)  # None = one level for every segment
+EDGE_PEAK_FRACTIONS = (None, 0.3, 0.5, 0.7)  # None = one level for every segment
 EDGE_MIN_PEAKS = (None, 6.0, 7.0, 8.0, 9.0, 10.0)  # the same map's sigma; None = every segment kept
 
 
@@ -154,8 +154,9 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
                      edge_min_peaks: Sequence[float | None] = EDGE_MIN_PEAKS) -> tuple[dict, list[dict]]:
   """Our deblending contrast and faint-source peak (None: no faint sources) chosen together on a tuning split,
   with the segmenter `fitted` and the crowded-field rule on (the full method), then the isophote of the mask
-  edges (None: the clusters' own) with those two fixed, then (when a level was chosen) its peak fraction, then the
-  least peak of a kept neighbour segment (None: all kept); one hypercolumn pass, then each setting's refinements.
+  edges (None: the clusters' own) with those two fixed, then (when a level was chosen) its peak fraction and the
+  least peak of a kept neighbour segment (None: all kept) together; one hypercolumn pass, then each setting's
+  refinements.
   Whether the faint sources are added and the edges moved at all is thus the data's choice."""
   object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
   snr = pipeline.smoothed_snr(split.images, snr_sigma_px)
@@ -173,12 +174,11 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
   edge_grid = [{**best, "edge_level": None if e is None else float(e)} for e in edge_levels]
   best, edge_rows = grid_search(masks_for, edge_grid, split)
   fraction_rows = []
-  if best["edge_level"] is not None:
-    fraction_grid = [{**best, "edge_peak_fraction": None if f is None else float(f)} for f in edge_peak_fractions]
+  if best["edge_level"] is not None:  # the two act on the same faint segments: chosen together
+    fraction_grid = [{**best, "edge_peak_fraction": None if f is None else float(f),
+                      "edge_min_peak": None if p is None else float(p)}
+                     for f in edge_peak_fractions for p in edge_min_peaks]
     best, fraction_rows = grid_search(masks_for, fraction_grid, split)
-    peak_grid = [{**best, "edge_min_peak": None if p is None else float(p)} for p in edge_min_peaks]
-    best, peak_rows = grid_search(masks_for, peak_grid, split)
-    fraction_rows += peak_rows
   return {"edge_peak_fraction": None, "edge_min_peak": None, **best}, rows + edge_rows + fraction_rows
 
 
