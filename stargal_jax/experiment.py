@@ -23,7 +23,7 @@ import ml_collections
 from stargal_jax import config_checks as cc
 from stargal_jax import distributed, inputs, models, registry, run_identity, train
 from stargal_jax.classify import job as classify_job
-from stargal_jax.classify import bootstrap, pipelines, scoring
+from stargal_jax.classify import pipelines, scoring
 from stargal_jax.data import formats
 from stargal_jax.segment import jobs as segment_jobs
 from stargal_jax.segment import labelling, pixel_kmeans
@@ -72,7 +72,6 @@ BOOTSTRAP_SETTINGS = {
     "bootstrap.pseudo.preselect_fraction": cc.number(0, 1, low_open=True),
     "bootstrap.pseudo.max_fit": cc.integer(5),  # photometry's PSF model needs at least 5 stars
     "bootstrap.pseudo.correlated_noise": cc.boolean,
-    "bootstrap.pseudo.seeing_from": cc.choice(bootstrap.SEEING_SOURCES, "seeing source"),
     "bootstrap.degrade.shrink_exponent_max": cc.number(0),
     "bootstrap.degrade.max_scale": cc.number(1),
     "bootstrap.degrade.broaden": cc.boolean,

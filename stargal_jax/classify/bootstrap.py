@@ -117,10 +117,6 @@ def worst_seeing_scale(ratio: np.ndarray, point_like: np.ndarray, quantile: floa
   return float(max(1.0, np.quantile(values, quantile))) if values.size else 1.0
 
 
-# Where the degradation draws its seeing from (config.bootstrap.pseudo.seeing_from).
-SEEING_SOURCES = ("pseudo_stars", "point_like")
-
-
 def seeing_distribution(images, psf: photometry.GaussianMixture, fits, snr: np.ndarray, margin: float, min_snr: float
                         ) -> tuple[np.ndarray, np.ndarray]:
   """The set's seeing distribution, from the set itself: (ratio (N,), point_like (N,) bool).
@@ -129,7 +125,8 @@ def seeing_distribution(images, psf: photometry.GaussianMixture, fits, snr: np.n
   min_snr) whose psfMag against it minus cModelMag (set PSF) is below `margin` are point-like at their own seeing
   (a PSF of their size holds all their light), and their size ratios are the set's seeing distribution (the
   stellar locus in size). Unlike the pseudo-stars (point-like against the set's PSF) they include the stars seen
-  in worse seeing than the set's.
+  in worse seeing than the set's, and compact galaxies (as the degradation's seeing they made the bootstrap worse
+  on the tuning sets: README).
   """
   bright = np.isfinite(snr) & (snr >= min_snr)
   ratio = size_ratio(images, psf)
@@ -213,19 +210,11 @@ def measure_set(store, settings) -> BrightEnd:
   locus_centre, locus_width = photometry.stellar_locus(difference, snr)
   labels = pseudo_label_rule(difference, snr, locus_centre, min_snr=settings.min_snr, cut=settings.cut,
                              margin=settings.margin, galaxy_margin=settings.get("galaxy_margin"))
-  seeing, seeing_ratio = {}, None
-  seeing_from = settings.get("seeing_from", "pseudo_stars")
-  if settings.get("seeing_aware", False) or seeing_from == "point_like":
-    ratio, point_like = seeing_distribution(images, psf, fits, snr, settings.margin, settings.min_snr)
-    seeing = {"n_point_like_seeing": int(point_like.sum())}
-    if seeing_from == "point_like":
-      if point_like.sum() == 0:
-        raise ValueError("no bright object is point-like at its own seeing: cannot measure the set's seeing "
-                         "(config.bootstrap.pseudo.seeing_from='pseudo_stars' uses the pseudo-stars)")
-      seeing_ratio = ratio[point_like]
+  seeing = {}
   if settings.get("seeing_aware", False):
+    ratio, point_like = seeing_distribution(images, psf, fits, snr, settings.margin, settings.min_snr)
     galaxy, measured = seeing_aware_galaxies(images, psf, fits, snr, ratio, point_like, settings)
-    seeing.update(measured)
+    seeing = {"n_point_like_seeing": int(point_like.sum()), **measured}
     labels[labels == PSEUDO_GALAXY] = NO_LABEL  # the pseudo-star rule stays; galaxies only against the worst seeing
     labels[galaxy & (labels != PSEUDO_STAR)] = PSEUDO_GALAXY
   stars = labels == PSEUDO_STAR
@@ -235,8 +224,7 @@ def measure_set(store, settings) -> BrightEnd:
   rng = np.random.default_rng(0)
   noise_rows = np.sort(rng.choice(len(store), min(NOISE_SAMPLE, len(store)), replace=False))
   conditions = degrade.measure_conditions(r_mag[np.isfinite(r_mag)], noise, images[stars],
-                                          store.read(noise_rows), correlated_noise=settings.correlated_noise,
-                                          seeing_ratio=seeing_ratio)
+                                          store.read(noise_rows), correlated_noise=settings.correlated_noise)
   keep = labels != NO_LABEL
   summary = {"n_set": int(len(store)), "n_saturated": int(saturated.sum()), "n_fitted": int(len(candidates)),
              "n_pseudo_star": int(stars.sum()), "n_pseudo_galaxy": int((labels == PSEUDO_GALAXY).sum()),

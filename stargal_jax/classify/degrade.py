@@ -316,12 +316,10 @@ def stacked_psf(star_images) -> np.ndarray:
 
 
 def measure_conditions(r_mag: np.ndarray, noise_sigma: np.ndarray, star_images, noise_images=None,
-                       correlated_noise: bool = True, seeing_ratio: np.ndarray | None = None) -> Conditions:
-  """A set's `Conditions`: its magnitudes and per-object noise (all objects), its stacked PSF from `star_images`
-  (its bright point-like objects), its seeing from their sizes or, when `seeing_ratio` (M,) is given, the
-  stacked PSF's per-band size times those ratios (sizes relative to the PSF of objects point-like at their own
-  seeing: an atmospheric PSF widens by the same factor in every band), and, when `correlated_noise`, its noise
-  power spectrum from `noise_images` (a sample of its cutouts) rather than white noise."""
+                       correlated_noise: bool = True) -> Conditions:
+  """A set's `Conditions`: its magnitudes and per-object noise (all objects), its seeing and stacked PSF from
+  `star_images` (its bright point-like objects), and, when `correlated_noise`, its noise power spectrum from
+  `noise_images` (a sample of its cutouts) rather than white noise."""
   finite = np.all(np.isfinite(noise_sigma) & (noise_sigma > 0), axis=1)
   sizes = star_sizes(star_images)
   sizes = sizes[np.all(np.isfinite(sizes), axis=1)]
@@ -335,12 +333,5 @@ def measure_conditions(r_mag: np.ndarray, noise_sigma: np.ndarray, star_images, 
     sample_sigma = background_noise(sample)
     keep = np.all(np.isfinite(sample_sigma) & (sample_sigma > 0), axis=1)
     power = noise_power_spectrum(sample[keep], sample_sigma[keep])
-  psf_sigma = star_sizes(psf_images[None])[0]
-  if seeing_ratio is not None:
-    ratio = np.asarray(seeing_ratio, np.float64)
-    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-    if ratio.size == 0:
-      raise ValueError("no finite seeing ratio: cannot measure the set's seeing")
-    sizes = psf_sigma[None] * ratio[:, None]
   return Conditions(np.sort(np.asarray(r_mag, np.float64)), np.asarray(noise_sigma[finite], np.float64),
-                    psf_sigma, sizes, power, psf_images)
+                    star_sizes(psf_images[None])[0], sizes, power, psf_images)
