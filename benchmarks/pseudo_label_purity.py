@@ -2,14 +2,14 @@
 
 The pseudo-labels (`classify.bootstrap.measure_set`) are label-free; the simulator's truth of the unlabelled set
 is read here only to say how pure they are (a diagnostic, never used by the design). One row per distribution
-(`stargal_jax.shifts`) and rule (a `configs/bootstrap.py` argument list, e.g. `galaxy_cut` or `seeing_aware`, or
-'base' for the defaults, optionally followed by `:key=value,...` overrides relative to the config):
+(`stargal_jax.shifts`) and rule (a `configs/bootstrap.py` argument list, e.g. `set_psf` or `set_psf,galaxy_cut`, or
+'base' for the defaults (seeing-aware galaxies), optionally followed by `:key=value,...` overrides relative to the config):
 
   python benchmarks/pseudo_label_purity.py --dist hard --dist default \\
-      --rule base --rule galaxy_cut --rule seeing_aware --rule q0.9=seeing_aware:bootstrap.pseudo.seeing_quantile=0.9
+      --rule set_psf --rule set_psf,galaxy_cut --rule base --rule q0.9=base:bootstrap.pseudo.seeing_quantile=0.9
 
 Prints a markdown table: distribution, rule, pseudo-stars (purity), pseudo-galaxies (purity), the set's true
-galaxy share, the seeing scale the rule measured (seeing_aware only) and the wall seconds of the measurement.
+galaxy share, the seeing scale the rule measured (seeing-aware rules only) and the wall seconds of the measurement.
 Data: 1000 labelled + 2000 unlabelled cutouts of the simulator (seed 2017) unless --n-labelled/--n-unlabelled.
 """
 

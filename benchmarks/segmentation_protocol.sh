@@ -4,7 +4,7 @@
 set -euo pipefail
 RUN=${1:?RUN workdir}; OUT=${2:?output folder}
 PY=${PY:-python}
-SIZES="--n-tune=400 --n-score=300 --shifted-n-labelled=700"
+SIZES="--n-tune=400 --n-score=1000 --shifted-n-labelled=1400"
 COMMON="--run=$RUN --segmenters=$OUT/segmenters $SIZES"
 mkdir -p "$OUT"
 if [ ! -f "$RUN/config.json" ]; then

@@ -77,6 +77,7 @@ BOOTSTRAP_SETTINGS = {
     "bootstrap.degrade.broaden": cc.boolean,
     "bootstrap.degrade.max_shift_px": cc.number(0),
     "bootstrap.degrade.keep_bright_fraction": cc.number(0, 1),
+    "classifier.ensemble": cc.integer(1),
     "bootstrap.rounds": cc.integer(1),
     "bootstrap.student_confident_logit": cc.number(0),
     "bootstrap.student_real_fraction": cc.number(0, 1, high_open=True),

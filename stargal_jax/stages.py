@@ -60,7 +60,24 @@ def train_stage_seeds(stage_config, fetch: Fetch, n: int, keys: jax.Array, workd
   return result
 
 
+def ensemble_size(stage_config) -> int:
+  """How many members a stage trains as one ensemble (`<stage>.ensemble`; 1 = one model): they are trained as a
+  seed study (`train.train_seeds`: own initialisation and data each) and their outputs averaged (`predict_stage`)."""
+  return int(stage_config.get("ensemble", 1))
+
+
 def restore_stage(stage_config, ckpt_dir: str | Path, num_seeds: int | None = None) -> train.TrainResult:
-  """A finished stage's final checkpoint (`train.restore`); `num_seeds` for a `train_stage_seeds` study."""
+  """A finished stage's final checkpoint (`train.restore`); `num_seeds` for a `train_stage_seeds` study (an
+  ensemble stage's members by default)."""
+  if num_seeds is None and ensemble_size(stage_config) > 1:
+    num_seeds = ensemble_size(stage_config)
   return train.restore(build_model(stage_config, 0), stage_config.train, *_loss_settings(stage_config),
                        ckpt_dir, num_seeds=num_seeds)
+
+
+def predict_stage(result: train.TrainResult, stage_config, fetch: Fetch, n: int, batch_size: int,
+                  keys: tuple[str, ...] = ("mu", "z")) -> dict[str, np.ndarray]:
+  """A trained stage's outputs on `n` objects; an ensemble stage's are the mean over its members."""
+  if ensemble_size(stage_config) == 1:
+    return train.predict_in_batches(result, fetch, n, batch_size, keys)
+  return {k: v.mean(axis=0) for k, v in train.predict_seeds_in_batches(result, fetch, n, batch_size, keys).items()}

@@ -233,6 +233,11 @@ def test_config_checks_trace_the_classifier_with_labels_and_name_a_bad_setting()
                                            r" config.supervised_cnn.folds = 1: must be an integer >= 2"):
     experiment.check_config(config)
   config = load_config("bootstrap")
+  assert config.classifier.ensemble == 3 and "ensemble" not in config.supervised_cnn
+  config.classifier.ensemble = 0
+  with pytest.raises(cc.ConfigError, match=r"config.classifier.ensemble = 0: must be an integer >= 1"):
+    experiment.check_config(config)
+  config = load_config("bootstrap")
   config.supervised_cnn.train.batch_size = 7
   opened = SimpleNamespace(labelled=[0] * 10, source="ten objects")
   config.supervised_cnn.folds = 3  # folds of 4, 3, 3: the first trains on 6 < 7

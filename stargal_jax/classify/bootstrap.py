@@ -56,6 +56,7 @@ FINAL_STAGE = "classifier"
 # Part of the bright end's cache key: raise it whenever measure_set's rules change, so that a cached set of
 # pseudo-labels made by other code is never reused (the key holds the settings and the store, not the code).
 BRIGHT_END_VERSION = 3
+MEMBER_SEED_STRIDE = 100_003  # an ensemble member's data seed offset (rounds use +1, the student's real batches +1000)
 
 
 # ------------------------------------------------------------------------------------ pseudo-labels
@@ -335,17 +336,33 @@ def mixed_batches(first: Callable[[int], dict], second: Callable[[int], dict], s
 
 # ------------------------------------------------------------------------------------ the pipeline
 
-def _train_classifier(stage_config, batch_for_step, key, ckpt_dir: Path, name: str) -> train.TrainResult:
-  init_key, step_key = jax.random.split(key)
-  model = stages.build_model(stage_config, init_key)
-  return train.train(model, stage_config.train, stage_config.loss.to_dict(), stage_config.loss_options.to_dict(),
-                     batch_for_step, step_key, ckpt_dir, name)
+def _train_classifier(stage_config, member_batches: Callable[[int], Callable[[int], dict]], key, ckpt_dir: Path,
+                      name: str) -> train.TrainResult:
+  """The classifier trained on `member_batches(0)`; an ensemble (`stages.ensemble_size` > 1) of members, member m
+  on `member_batches(m)` with its own key, as one vmapped program. Why an ensemble: one 300-step CNN decides the
+  bright stars, which the degraded batches hold few of, differently from seed to seed (README); the members'
+  mean logit does not follow any one of them."""
+  loss, options = stage_config.loss.to_dict(), stage_config.loss_options.to_dict()
+  members = stages.ensemble_size(stage_config)
+  if members == 1:
+    init_key, step_key = jax.random.split(key)
+    return train.train(stages.build_model(stage_config, init_key), stage_config.train, loss, options,
+                       member_batches(0), step_key, ckpt_dir, name)
+  schedules = [member_batches(m) for m in range(members)]
+
+  def stacked(step: int) -> dict:
+    batches = [schedule(step) for schedule in schedules]
+    return {k: np.stack([b[k] for b in batches]) for k in ("x", "label")}
+
+  return train.train_seeds(lambda k: stages.build_model(stage_config, k), jax.random.split(key, members),
+                           stage_config.train, loss, options, stacked, ckpt_dir, name)
 
 
-def logits(result: train.TrainResult, store, normalizer: dict, batch_size: int) -> np.ndarray:
-  """(N,) the classifier's logits on the real cutouts of a store."""
+def logits(result: train.TrainResult, stage_config, store, normalizer: dict, batch_size: int) -> np.ndarray:
+  """(N,) the classifier's logits on the real cutouts of a store (an ensemble's: the members' mean)."""
   fetch = inputs_lib.model_images(store, normalizer)
-  return train.predict_in_batches(result, fetch, len(store), batch_size, keys=("z",))["z"][:, 0].astype(np.float64)
+  return stages.predict_stage(result, stage_config, fetch, len(store), batch_size, keys=("z",))["z"][:, 0].astype(
+      np.float64)
 
 
 def train_bootstrap(config, inputs: inputs_lib.Inputs, workdir: Path, key: jax.Array) -> dict:
@@ -363,18 +380,26 @@ def train_bootstrap(config, inputs: inputs_lib.Inputs, workdir: Path, key: jax.A
   history, rounds, previous = {}, [], None
   for r in range(n_rounds):
     name = FINAL_STAGE if n_rounds == 1 else f"{FINAL_STAGE}_round{r}"
-    batches = degraded_batches(inputs.unlabelled, bright, inputs.normalizer, options, batch_size, data_seed + r)
     if r > 0:
       confident = np.flatnonzero(np.abs(previous) > float(settings.student_confident_logit))
+
+    def member_batches(m: int, r: int = r) -> Callable[[int], dict]:
+      # Member 0 draws what a single classifier draws; member m > 0 its own data seed.
+      seed = data_seed + r + MEMBER_SEED_STRIDE * m
+      batches = degraded_batches(inputs.unlabelled, bright, inputs.normalizer, options, batch_size, seed)
+      if r == 0:
+        return batches
       real = augmented_batches(inputs.unlabelled, confident, (previous[confident] > 0).astype(np.float32),
-                               inputs.normalizer, options.max_shift_px, batch_size, data_seed + 1000 + r)
-      batches = mixed_batches(batches, real, float(settings.student_real_fraction), batch_size)
-    result = _train_classifier(stage, batches, jax.random.fold_in(train_key, r), workdir / "checkpoints" / name, name)
+                               inputs.normalizer, options.max_shift_px, batch_size, seed + 1000)
+      return mixed_batches(batches, real, float(settings.student_real_fraction), batch_size)
+
+    result = _train_classifier(stage, member_batches, jax.random.fold_in(train_key, r),
+                               workdir / "checkpoints" / name, name)
     history[name] = result.history
     if n_rounds == 1:
       rounds.append({"round": 0})
       break
-    current = logits(result, inputs.unlabelled, inputs.normalizer, eval_bs)
+    current = logits(result, stage, inputs.unlabelled, inputs.normalizer, eval_bs)
     entry = {"round": r, "n_confident_real": 0 if r == 0 else int(len(confident))}
     if previous is not None:
       star_fraction = float(config.data.star_fraction)
@@ -388,6 +413,6 @@ def train_bootstrap(config, inputs: inputs_lib.Inputs, workdir: Path, key: jax.A
       break
   final = stages.restore_stage(stage, workdir / "checkpoints" / FINAL_STAGE) if n_rounds > 1 else result
   fetch_l = inputs_lib.model_images(inputs.labelled, inputs.normalizer)
-  latents = train.predict_in_batches(final, fetch_l, len(inputs.labelled), eval_bs, keys=("z",))["z"]
+  latents = stages.predict_stage(final, stage, fetch_l, len(inputs.labelled), eval_bs, keys=("z",))["z"]
   (workdir / "bootstrap.json").write_text(json.dumps({"bright_end": bright.summary, "rounds": rounds}, indent=2))
   return {"latents": np.asarray(latents, np.float64), "history": history}

@@ -120,7 +120,7 @@ def encode(run: TrainedRun, images, batch_size: int | None = None) -> np.ndarray
     if run.seed_axis:
       per_seed.extend(pipelines.latents_of(train.predict_seeds_in_batches(last, inputs, n, batch_size)))
     else:
-      per_seed.append(pipelines.latents_of(train.predict_in_batches(last, inputs, n, batch_size)))
+      per_seed.append(pipelines.latents_of(stages.predict_stage(last, run.config[names[-1]], inputs, n, batch_size)))
   return np.asarray(per_seed, dtype=np.float64)
 
 
