@@ -125,9 +125,7 @@ def seeing_distribution(images, psf: photometry.GaussianMixture, fits, snr: np.n
   Each object is fitted with the set's PSF dilated to its own size (`size_ratio`); the bright ones (S/N >=
   min_snr) whose psfMag against it minus cModelMag (set PSF) is below `margin` are point-like at their own seeing
   (a PSF of their size holds all their light), and their size ratios are the set's seeing distribution (the
-  stellar locus in size). Unlike the pseudo-stars (point-like against the set's PSF) they include the stars seen
-  in worse seeing than the set's, and compact galaxies (as the degradation's seeing they made the bootstrap worse
-  on the tuning sets: README).
+  stellar locus in size).
   """
   bright = np.isfinite(snr) & (snr >= min_snr)
   ratio = size_ratio(images, psf)
@@ -140,8 +138,8 @@ def seeing_distribution(images, psf: photometry.GaussianMixture, fits, snr: np.n
   return ratio, point_like
 
 
-def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np.ndarray, ratio: np.ndarray,
-                          point_like: np.ndarray, settings) -> tuple[np.ndarray, dict]:
+def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np.ndarray, settings
+                          ) -> tuple[np.ndarray, dict]:
   """(N,) pseudo-galaxies extended even against the set's worst plausible seeing, and label-free measurements.
 
   The seeing varies between fields, so one PSF for the set makes stars seen in worse seeing look extended.
@@ -155,6 +153,7 @@ def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np
   Compact galaxies that pass as point-like widen the measured seeing: fewer pseudo-galaxies, not impure ones.
   """
   bright = np.isfinite(snr) & (snr >= settings.min_snr)
+  ratio, point_like = seeing_distribution(images, psf, fits, snr, settings.margin, settings.min_snr)
   scale = worst_seeing_scale(ratio, point_like, float(settings.seeing_quantile))
   worst = photometry.fit_models(images, dilated_psf(psf, scale), R_BAND)
   difference = photometry.psf_minus_cmodel(worst)
@@ -162,7 +161,8 @@ def seeing_aware_galaxies(images, psf: photometry.GaussianMixture, fits, snr: np
   with np.errstate(divide="ignore", invalid="ignore"):
     described = fits.chi2_cmodel / fits.n_pixels < float(settings.max_galaxy_chi2)
   galaxy = bright & np.isfinite(difference) & (difference > settings.cut + settings.galaxy_margin) & described
-  return galaxy, {"seeing_scale": scale, "seeing_locus_centre_mag": centre, "seeing_locus_width_mag": width}
+  return galaxy, {"seeing_scale": scale, "n_point_like_seeing": int(point_like.sum()),
+                  "seeing_locus_centre_mag": centre, "seeing_locus_width_mag": width}
 
 
 class BrightEnd(NamedTuple):
@@ -213,9 +213,7 @@ def measure_set(store, settings) -> BrightEnd:
                              margin=settings.margin, galaxy_margin=settings.get("galaxy_margin"))
   seeing = {}
   if settings.get("seeing_aware", False):
-    ratio, point_like = seeing_distribution(images, psf, fits, snr, settings.margin, settings.min_snr)
-    galaxy, measured = seeing_aware_galaxies(images, psf, fits, snr, ratio, point_like, settings)
-    seeing = {"n_point_like_seeing": int(point_like.sum()), **measured}
+    galaxy, seeing = seeing_aware_galaxies(images, psf, fits, snr, settings)
     labels[labels == PSEUDO_GALAXY] = NO_LABEL  # the pseudo-star rule stays; galaxies only against the worst seeing
     labels[galaxy & (labels != PSEUDO_STAR)] = PSEUDO_GALAXY
   stars = labels == PSEUDO_STAR
