@@ -2,14 +2,14 @@
 simulation (scored against truth), and on the real frames (no truth: counts, the no-flood check, figures).
 
 `python benchmarks/segmentation_protocol.py --run=RUN --out=DIR [--distributions=default,seeing_1.8,...]
-[--n-tune=500 --n-score=1500] [--settings-from=JSON] [--segmenters=DIR] [--skip-real] [--skip-sim]`
+[--n-tune=500 --n-score=1500] [--tune-on=default,...] [--settings-from=JSON] [--segmenters=DIR] [--skip-real] [--skip-sim]`
 (`benchmarks/segmentation_protocol.sh` runs the README's measurement in steps of ~15 min.)
 
 RUN is a `configs/segmentation.py` workdir with a trained AE checkpoint: its residual AE is restored (not
 retrained) and two k-means segmenters are fitted on the default unlabelled data (or reused from its
 segmenter.npz / --segmenters), one on the pure hypercolumns (detection_share 0, the study's) and one with the
-detection channel (the run's share). Settings: our deblending contrast and faint-source peak (or none) on the
-default data's tuning split (or reused from --settings-from); SEP's and photutils' best grid settings on each distribution's own tuning split (their
+detection channel (the run's share). Settings: our deblending contrast, faint-source peak (or none) and mask edges
+on the tuning splits of the --tune-on distributions together (or reused from --settings-from); SEP's and photutils' best grid settings on each distribution's own tuning split (their
 best); everything is reported on the scored split (disjoint rows of the same labelled set). Shifted data sets
 are the simulator's own knobs (`DISTRIBUTIONS`), generated on first use and cached under their own names; the
 segmenters are not refitted on them (a transfer test, as for real data). Writes DIR/segmentation_protocol.md and
@@ -134,10 +134,13 @@ def main(argv=None) -> int:
   parser.add_argument("--n-tune", type=int, default=500, help="tuning cutouts per distribution")
   parser.add_argument("--n-score", type=int, default=1500, help="scored cutouts per distribution")
   parser.add_argument("--shifted-n-labelled", type=int, default=2000, help="labelled cutouts simulated per shift")
+  parser.add_argument("--tune-on", default="default",
+                      help="distributions whose tuning splits choose our settings together (the mean of their "
+                           "selection scores); their scored splits stay unseen")
   parser.add_argument("--shares", default="0,0.5", help="detection shares of the two segmenters (pure, ours)")
   parser.add_argument("--settings-from", default=None,
                       help="a segmentation_protocol.json of a run with the default distribution: its deblend "
-                           "contrast and faint peak (chosen on the default tuning split) are reused, and, for the "
+                           "contrast and faint peak (chosen on --tune-on's tuning splits) are reused, and, for the "
                            "real frames, SEP's and photutils' best settings on the default data")
   parser.add_argument("--segmenters", default=None,
                       help="folder caching the fitted segmenters (default: --out), shared by several runs")
@@ -145,9 +148,13 @@ def main(argv=None) -> int:
   parser.add_argument("--skip-real", action="store_true")
   args = parser.parse_args(argv)
   names = [n for n in args.distributions.split(",") if n]
-  unknown = [n for n in names if n not in DISTRIBUTIONS]
-  if unknown:
-    raise SystemExit(f"--distributions: unknown {unknown}; valid: {list(DISTRIBUTIONS)}")
+  tune_on = [n for n in args.tune_on.split(",") if n]
+  for flag, given in (("--distributions", names), ("--tune-on", tune_on)):
+    unknown = [n for n in given if n not in DISTRIBUTIONS]
+    if unknown:
+      raise SystemExit(f"{flag}: unknown {unknown}; valid: {list(DISTRIBUTIONS)}")
+  if not tune_on:
+    raise SystemExit("--tune-on: at least one distribution")
   run, out = Path(args.run), Path(args.out)
   if not (run / "config.json").is_file():
     raise SystemExit(f"--run={run}: no config.json (not a finished configs/segmentation.py run)")
@@ -178,13 +185,16 @@ def main(argv=None) -> int:
   if prior is not None:
     results["refinements"] = {**prior["refinements"], "reused_from": args.settings_from}
   if not args.skip_sim:
-    tune_rows, _ = protocol.split_rows(len(default.labelled), args.n_tune, args.n_score, seed=config.seed)
-    tune = protocol.make_split(default.labelled.read, default.truth, tune_rows)
     if prior is None:
+      tunes = []
+      for name in tune_on:
+        inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
+        tune_rows, _ = protocol.split_rows(len(inputs.labelled), args.n_tune, args.n_score, seed=config.seed)
+        tunes.append(protocol.make_split(inputs.labelled.read, inputs.truth, tune_rows))
       base = deblend.DeblendOptions.from_config(sc)
-      best, grid = protocol.tune_refinements(fitted[shares[1]], k, tune, options, base,
+      best, grid = protocol.tune_refinements(fitted[shares[1]], k, tunes, options, base,
                                              faint_low=float(sc.faint_low))
-      results["refinements"] = {"chosen_on": "default tuning split", "best": best, "grid": grid,
+      results["refinements"] = {"chosen_on": f"tuning splits of {', '.join(tune_on)}", "best": best, "grid": grid,
                                 "deblend": dataclasses.asdict(dataclasses.replace(base,
                                                                                   contrast=best["deblend_contrast"])),
                                 "faint": {"peak": best["faint_peak"], "low": float(sc.faint_low)},
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
     faint_options = faint_from(results["refinements"])
     edge_options = edge_from(results["refinements"])
     log(f"deblend contrast {deblending.contrast:g}, faint peak {results['refinements']['best']['faint_peak']}, "
-        f"edges {edge_options} chosen on the default tuning split", t0)
+        f"edges {edge_options} chosen on {results['refinements']['chosen_on']}", t0)
     for name in names:
       inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
       results["distributions"][name] = run_distribution(name, inputs, fitted, methods, k, options, deblending,

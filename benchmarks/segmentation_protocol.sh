@@ -13,13 +13,14 @@ if [ ! -f "$RUN/config.json" ]; then
   nice -n 10 $PY launch.py --config=configs/segmentation.py --workdir="$RUN" --config.seg.score_images=300 \
     '--config.seg.ks=(4,)' '--config.seg.compare_models=("residual_conv_ae",)' > "$OUT/run.log" 2>&1
 fi
-# 1. Our deblend contrast and faint-source peak, chosen on the default data's tuning split (and the two segmenters,
-#    pure and with the detection channel, fitted on the default unlabelled data and cached).
+# 1. Our deblend contrast, faint-source peak and mask edges, chosen on the tuning splits of the default data and
+#    three shifted simulations together (the two segmenters, pure and with the detection channel, fitted on the
+#    default unlabelled data and cached). Their scored splits stay unseen; deeper_0.5 is not tuned on at all.
 nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/settings" --distributions= --skip-real \
-  > "$OUT/settings.log" 2>&1
+  --tune-on=default,seeing_1.8,neighbours_x2,shallower_0.5 > "$OUT/settings.log" 2>&1
 # 2. Every method on each distribution's scored split; SEP's and photutils' best settings chosen on that
 #    distribution's own tuning split (their best), ours reused from step 1.
-for d in default seeing_1.8 neighbours_x2 shallower_0.5; do
+for d in default seeing_1.8 neighbours_x2 shallower_0.5 deeper_0.5; do
   nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/$d" --distributions=$d \
     --settings-from="$OUT/settings/segmentation_protocol.json" --skip-real > "$OUT/$d.log" 2>&1
 done

@@ -28,11 +28,27 @@ def test_grid_search_takes_the_setting_with_the_best_selection_score(split):
   empty = np.zeros_like(split.true_masks)
   half = np.where(split.true_masks == 1, 1, 0)  # the centrals only: F1 below 1
   by_setting = {0: empty, 1: split.true_masks, 2: half}
-  best, rows = protocol.grid_search(lambda s: by_setting[s["i"]], [{"i": 0}, {"i": 1}, {"i": 2}], split)
+  best, rows = protocol.grid_search(lambda s, _: by_setting[s["i"]], [{"i": 0}, {"i": 1}, {"i": 2}], split)
   assert best == {"i": 1}
   assert rows[1]["selection_score"] == pytest.approx(1.0)
   expected = matching.selection_score(matching.evaluate(half, split.true_masks, split.snr, split.truth))
   assert rows[2]["selection_score"] == pytest.approx(expected)
+
+
+def test_grid_search_over_several_splits_takes_the_best_mean(split):
+  """Setting 0 is perfect on split 0 and empty on split 1, setting 1 the centrals only on both: the mean decides,
+  and each split's own score is kept."""
+  half = np.where(split.true_masks == 1, 1, 0)
+  empty = np.zeros_like(split.true_masks)
+  by_setting = {(0, 0): split.true_masks, (0, 1): empty, (1, 0): half, (1, 1): half}
+  best, rows = protocol.grid_search(lambda s, i: by_setting[(s["i"], i)], [{"i": 0}, {"i": 1}], [split, split])
+  half_score = matching.selection_score(matching.evaluate(half, split.true_masks, split.snr, split.truth))
+  empty_score = matching.selection_score(matching.evaluate(empty, split.true_masks, split.snr, split.truth))
+  assert rows[0]["selection_score_by_split"] == pytest.approx([1.0, empty_score])
+  assert rows[0]["selection_score"] == pytest.approx(0.5 * (1.0 + empty_score))
+  assert rows[1]["selection_score"] == pytest.approx(half_score)
+  assert empty_score == pytest.approx(0.0) and 0.5 < half_score < 1.0  # centrals exact, neighbours missed
+  assert best == {"i": 1}
 
 
 def test_baselines_find_the_scene_objects(split):

@@ -102,14 +102,24 @@ def evaluate_split(masks: np.ndarray, split: Split) -> dict:
   return matching.evaluate(masks, split.true_masks, split.snr, split.truth)
 
 
-def grid_search(masks_for: Callable[[Mapping], np.ndarray], grid: Sequence[Mapping], split: Split) -> tuple[dict, list[dict]]:
-  """(best setting, one row per setting) by `matching.selection_score` on `split`."""
+def grid_search(masks_for: Callable[[Mapping, int], np.ndarray], grid: Sequence[Mapping],
+                splits: Split | Sequence[Split]) -> tuple[dict, list[dict]]:
+  """(best setting, one row per setting) by `matching.selection_score` on one tuning split, or on several (one
+  per data distribution: the mean of their scores, so one setting serves them all). `masks_for(setting, i)`
+  segments split i. A row holds the mean of each metric over the splits (and, with several, each split's score)."""
+  splits = [splits] if isinstance(splits, Split) else list(splits)
   rows = []
   for setting in grid:
-    m = evaluate_split(masks_for(setting), split)
-    rows.append({**setting, "selection_score": matching.selection_score(m), "central_iou": m["central_iou"],
-                 "f1": m["detection"]["f1"], "neighbour_completeness": m["neighbour_completeness"],
-                 "neighbour_purity": m["neighbour_purity"]})
+    per_split = [evaluate_split(masks_for(setting, i), split) for i, split in enumerate(splits)]
+    scores = [matching.selection_score(m) for m in per_split]
+    row = {**setting, "selection_score": float(np.mean(scores))}
+    for key, value in (("central_iou", lambda m: m["central_iou"]), ("f1", lambda m: m["detection"]["f1"]),
+                       ("neighbour_completeness", lambda m: m["neighbour_completeness"]),
+                       ("neighbour_purity", lambda m: m["neighbour_purity"])):
+      row[key] = float(np.mean([value(m) for m in per_split]))
+    if len(splits) > 1:
+      row["selection_score_by_split"] = [float(x) for x in scores]
+    rows.append(row)
   best = max(rows, key=lambda r: np.nan_to_num(r["selection_score"], nan=-1.0))
   return {k: best[k] for k in grid[0]}, rows
 
@@ -118,7 +128,7 @@ def tune_baseline(name: str, grid: Sequence[Mapping], split: Split, options: lab
                   snr_gri: np.ndarray | None = None) -> tuple[dict, list[dict]]:
   """The best grid setting of baseline `name` on a tuning split. `snr_gri` is that split's gri S/N map
   (photutils' detection image before filtering; the scoring map itself)."""
-  return grid_search(lambda s: baseline_masks(name, split.images, s, options, snr_gri), grid, split)
+  return grid_search(lambda s, _: baseline_masks(name, split.images, s, options, snr_gri), grid, split)
 
 
 def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, options: labelling.LabelOptions,
@@ -145,7 +155,8 @@ def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, opt
   return out
 
 
-def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptions, base: deblend.DeblendOptions,
+def tune_refinements(fitted, k: int, splits: Split | Sequence[Split], options: labelling.LabelOptions,
+                     base: deblend.DeblendOptions,
                      contrasts: Sequence[float] = DEBLEND_CONTRASTS,
                      faint_peaks: Sequence[float | None] = FAINT_PEAKS,
                      faint_low: float = faint.FaintOptions().low, snr_sigma_px: float = 1.2,
@@ -157,28 +168,31 @@ def tune_refinements(fitted, k: int, split: Split, options: labelling.LabelOptio
   edges (None: the clusters' own) with those two fixed, then (when a level was chosen) its peak fraction and the
   least peak of a kept neighbour segment (None: all kept) together; one hypercolumn pass, then each setting's
   refinements.
-  Whether the faint sources are added and the edges moved at all is thus the data's choice."""
-  object_pixels = pipeline.foreground(fitted, k, split.images, chunk)
-  snr = pipeline.smoothed_snr(split.images, snr_sigma_px)
+  Whether the faint sources are added and the edges moved at all is thus the data's choice. With several tuning
+  splits (one per data distribution) each setting is scored by their mean (`grid_search`)."""
+  splits = [splits] if isinstance(splits, Split) else list(splits)
+  object_pixels = [pipeline.foreground(fitted, k, split.images, chunk) for split in splits]
+  snr = [pipeline.smoothed_snr(split.images, snr_sigma_px) for split in splits]
 
-  def masks_for(setting):
+  def masks_for(setting, i):
     refinements = pipeline.Refinements(dataclasses.replace(base, contrast=setting["deblend_contrast"]), True,
                                        None if setting["faint_peak"] is None else
                                        faint.FaintOptions(setting["faint_peak"], faint_low),
                                        snr_sigma_px=snr_sigma_px, edge_options=edge_options_of(setting))
-    return pipeline.refine(fitted, k, object_pixels, split.images, options, refinements, chunk, snr)[0]
+    return pipeline.refine(fitted, k, object_pixels[i], splits[i].images, options, refinements, chunk,
+                           snr[i])[0]
 
   grid = [{"deblend_contrast": float(c), "faint_peak": None if p is None else float(p)}
           for c in contrasts for p in faint_peaks]
-  best, rows = grid_search(masks_for, grid, split)
+  best, rows = grid_search(masks_for, grid, splits)
   edge_grid = [{**best, "edge_level": None if e is None else float(e)} for e in edge_levels]
-  best, edge_rows = grid_search(masks_for, edge_grid, split)
+  best, edge_rows = grid_search(masks_for, edge_grid, splits)
   fraction_rows = []
   if best["edge_level"] is not None:  # the two act on the same faint segments: chosen together
     fraction_grid = [{**best, "edge_peak_fraction": None if f is None else float(f),
                       "edge_min_peak": None if p is None else float(p)}
                      for f in edge_peak_fractions for p in edge_min_peaks]
-    best, fraction_rows = grid_search(masks_for, fraction_grid, split)
+    best, fraction_rows = grid_search(masks_for, fraction_grid, splits)
   return {"edge_peak_fraction": None, "edge_min_peak": None, **best}, rows + edge_rows + fraction_rows
 
 
