@@ -99,7 +99,7 @@ def test_keep_significant_drops_the_neighbours_without_a_significant_peak():
 def test_edge_options_read_the_least_peak_from_the_config():
   from configs import segmentation
   sc = segmentation.seg_config()
-  assert edges.EdgeOptions.from_config(sc) == edges.EdgeOptions(8.0, 0.5, 7.0)  # the protocol's choice
+  assert edges.EdgeOptions.from_config(sc) == edges.EdgeOptions(8.0, 0.5, 8.0)  # the protocol's choice
   sc.edge_min_peak, sc.edge_peak_fraction = 0.0, 0.0
   assert edges.EdgeOptions.from_config(sc) == edges.EdgeOptions(8.0, None, None)  # 0 = off
 

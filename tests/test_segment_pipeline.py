@@ -98,7 +98,7 @@ def test_edges_move_the_deblended_outlines_to_the_isophote(fitted):
 def test_refinements_from_config_read_the_edge_setting():
   from configs import segmentation
   sc = segmentation.seg_config()
-  assert pipeline.Refinements.from_config(sc).edge_options == edges.EdgeOptions(8.0, 0.5, 7.0)
+  assert pipeline.Refinements.from_config(sc).edge_options == edges.EdgeOptions(8.0, 0.5, 8.0)
   sc.edges = False
   assert pipeline.Refinements.from_config(sc).edge_options is None
   sc.edges, sc.edge_level, sc.edge_peak_fraction, sc.edge_min_peak = True, 2.5, 0.0, 0.0
