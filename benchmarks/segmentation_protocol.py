@@ -140,7 +140,7 @@ def main(argv=None) -> int:
   parser.add_argument("--shares", default="0,0.5", help="detection shares of the two segmenters (pure, ours)")
   parser.add_argument("--settings-from", default=None,
                       help="a segmentation_protocol.json of a run with the default distribution: its deblend "
-                           "contrast and faint peak (chosen on --tune-on's tuning splits) are reused, and, for the "
+                           "contrast, faint peak and mask edges (chosen on --tune-on's tuning splits) are reused, and, for the "
                            "real frames, SEP's and photutils' best settings on the default data")
   parser.add_argument("--segmenters", default=None,
                       help="folder caching the fitted segmenters (default: --out), shared by several runs")
@@ -170,6 +170,14 @@ def main(argv=None) -> int:
   if len(shares) != 2:
     raise SystemExit("--shares: two values (the pure segmenter's, then ours)")
   default = load_distribution(config, "default", 0)
+  loaded = {"default": default}
+
+  def inputs_for(name: str):
+    """Each distribution loaded once (tuning and scoring share it)."""
+    if name not in loaded:
+      loaded[name] = load_distribution(config, name, args.shifted_n_labelled)
+    return loaded[name]
+
   segmenters_dir = Path(args.segmenters) if args.segmenters else out
   segmenters_dir.mkdir(parents=True, exist_ok=True)
   fitted = fitted_by_share(run, config, default, shares, segmenters_dir)
@@ -188,7 +196,7 @@ def main(argv=None) -> int:
     if prior is None:
       tunes = []
       for name in tune_on:
-        inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
+        inputs = inputs_for(name)
         tune_rows, _ = protocol.split_rows(len(inputs.labelled), args.n_tune, args.n_score, seed=config.seed)
         tunes.append(protocol.make_split(inputs.labelled.read, inputs.truth, tune_rows))
       base = deblend.DeblendOptions.from_config(sc)
@@ -206,7 +214,7 @@ def main(argv=None) -> int:
     log(f"deblend contrast {deblending.contrast:g}, faint peak {results['refinements']['best']['faint_peak']}, "
         f"edges {edge_options} chosen on {results['refinements']['chosen_on']}", t0)
     for name in names:
-      inputs = default if name == "default" else load_distribution(config, name, args.shifted_n_labelled)
+      inputs = inputs_for(name)
       results["distributions"][name] = run_distribution(name, inputs, fitted, methods, k, options, deblending,
                                                         faint_options, edge_options, (args.n_tune, args.n_score),
                                                         config.seed, t0)

@@ -1,6 +1,8 @@
 """segment.protocol: disjoint splits, the grid search's choice by hand, the baselines through the common labelling,
 and the issue's targets on hand-made score tables."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,19 @@ def test_grid_search_over_several_splits_takes_the_best_mean(split):
   assert rows[1]["selection_score"] == pytest.approx(half_score)
   assert empty_score == pytest.approx(0.0) and 0.5 < half_score < 1.0  # centrals exact, neighbours missed
   assert best == {"i": 1}
+
+
+def test_grid_search_averages_a_neighbour_metric_over_the_splits_that_define_it(split):
+  """A split without neighbours has no neighbour completeness (NaN): the mean is over the other splits."""
+  centrals = np.where(split.true_masks == 1, 1, 0)
+  no_neighbours = dataclasses.replace(split, truth={**split.truth, "nb_object": np.zeros(0, np.int64)})
+  lonely = matching.evaluate(centrals, centrals, no_neighbours.snr, no_neighbours.truth)
+  assert np.isnan(lonely["neighbour_completeness"])
+  _, rows = protocol.grid_search(lambda s, i: split.true_masks if i == 0 else centrals, [{"i": 0}],
+                                 [split, dataclasses.replace(no_neighbours, truth={**no_neighbours.truth,
+                                                                                   "mask": centrals})])
+  full = matching.evaluate(split.true_masks, split.true_masks, split.snr, split.truth)
+  assert rows[0]["neighbour_completeness"] == pytest.approx(full["neighbour_completeness"])
 
 
 def test_baselines_find_the_scene_objects(split):

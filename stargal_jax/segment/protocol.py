@@ -102,23 +102,34 @@ def evaluate_split(masks: np.ndarray, split: Split) -> dict:
   return matching.evaluate(masks, split.true_masks, split.snr, split.truth)
 
 
+def as_splits(splits: "Split | Sequence[Split]") -> list[Split]:
+  return [splits] if isinstance(splits, Split) else list(splits)
+
+
+def _tuning_metrics(m: Mapping) -> dict:
+  return {"selection_score": matching.selection_score(m), "central_iou": m["central_iou"],
+          "f1": m["detection"]["f1"], "neighbour_completeness": m["neighbour_completeness"],
+          "neighbour_purity": m["neighbour_purity"]}
+
+
+def _mean_of_defined(values) -> float:
+  """The mean of the finite values (a neighbour metric is NaN on a split without neighbours); NaN if none is."""
+  defined = [float(v) for v in values if v is not None and np.isfinite(v)]
+  return float(np.mean(defined)) if defined else float("nan")
+
+
 def grid_search(masks_for: Callable[[Mapping, int], np.ndarray], grid: Sequence[Mapping],
                 splits: Split | Sequence[Split]) -> tuple[dict, list[dict]]:
   """(best setting, one row per setting) by `matching.selection_score` on one tuning split, or on several (one
   per data distribution: the mean of their scores, so one setting serves them all). `masks_for(setting, i)`
   segments split i. A row holds the mean of each metric over the splits (and, with several, each split's score)."""
-  splits = [splits] if isinstance(splits, Split) else list(splits)
+  splits = as_splits(splits)
   rows = []
   for setting in grid:
-    per_split = [evaluate_split(masks_for(setting, i), split) for i, split in enumerate(splits)]
-    scores = [matching.selection_score(m) for m in per_split]
-    row = {**setting, "selection_score": float(np.mean(scores))}
-    for key, value in (("central_iou", lambda m: m["central_iou"]), ("f1", lambda m: m["detection"]["f1"]),
-                       ("neighbour_completeness", lambda m: m["neighbour_completeness"]),
-                       ("neighbour_purity", lambda m: m["neighbour_purity"])):
-      row[key] = float(np.mean([value(m) for m in per_split]))
+    per_split = [_tuning_metrics(evaluate_split(masks_for(setting, i), split)) for i, split in enumerate(splits)]
+    row = {**setting, **{key: _mean_of_defined(m[key] for m in per_split) for key in per_split[0]}}
     if len(splits) > 1:
-      row["selection_score_by_split"] = [float(x) for x in scores]
+      row["selection_score_by_split"] = [float(m["selection_score"]) for m in per_split]
     rows.append(row)
   best = max(rows, key=lambda r: np.nan_to_num(r["selection_score"], nan=-1.0))
   return {k: best[k] for k in grid[0]}, rows
@@ -170,7 +181,7 @@ def tune_refinements(fitted, k: int, splits: Split | Sequence[Split], options: l
   refinements.
   Whether the faint sources are added and the edges moved at all is thus the data's choice. With several tuning
   splits (one per data distribution) each setting is scored by their mean (`grid_search`)."""
-  splits = [splits] if isinstance(splits, Split) else list(splits)
+  splits = as_splits(splits)
   object_pixels = [pipeline.foreground(fitted, k, split.images, chunk) for split in splits]
   snr = [pipeline.smoothed_snr(split.images, snr_sigma_px) for split in splits]
 
