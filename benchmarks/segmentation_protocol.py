@@ -186,7 +186,8 @@ def main(argv=None) -> int:
   methods = protocol.our_methods(shares[1])
   log(f"segmenters fitted (flood limits {[f.segmenters[k].flood_limit for f in fitted.values()]})", t0)
   results = {"command": " ".join(sys.argv), "run": str(run), "k": k,
-             "selection": "mean of central-object IoU and detection F1 on the tuning split",
+             "selection": "mean of central-object IoU and detection F1 on the tuning splits, among the settings whose "
+                          "mean neighbour purity there is at least SEP's (all, when none is)",
              "matching": matching.__doc__.split("\n\n")[1], "distributions": {}}
   json_path, md_path = out / "segmentation_protocol.json", out / "segmentation_protocol.md"
   prior = json.loads(Path(args.settings_from).read_text()) if args.settings_from else None
@@ -200,9 +201,13 @@ def main(argv=None) -> int:
         tune_rows, _ = protocol.split_rows(len(inputs.labelled), args.n_tune, args.n_score, seed=config.seed)
         tunes.append(protocol.make_split(inputs.labelled.read, inputs.truth, tune_rows))
       base = deblend.DeblendOptions.from_config(sc)
+      # The neighbour target (purity at least SEP's) as a floor on the choice: SEP tuned on the same splits.
+      sep_purity, sep_settings = protocol.tuned_purity("SEP", protocol.SEP_GRID, tunes, options)
+      log(f"SEP's mean neighbour purity on the tuning splits {sep_purity:.3f} (settings {sep_settings})", t0)
       best, grid = protocol.tune_refinements(fitted[shares[1]], k, tunes, options, base,
-                                             faint_low=float(sc.faint_low))
+                                             faint_low=float(sc.faint_low), least_neighbour_purity=sep_purity)
       results["refinements"] = {"chosen_on": f"tuning splits of {', '.join(tune_on)}", "best": best, "grid": grid,
+                                "least_neighbour_purity": {"SEP": sep_purity, "sep_settings": sep_settings},
                                 "deblend": dataclasses.asdict(dataclasses.replace(base,
                                                                                   contrast=best["deblend_contrast"])),
                                 "faint": {"peak": best["faint_peak"], "low": float(sc.faint_low)},

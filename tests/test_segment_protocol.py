@@ -66,6 +66,43 @@ def test_grid_search_averages_a_neighbour_metric_over_the_splits_that_define_it(
   assert rows[0]["neighbour_completeness"] == pytest.approx(full["neighbour_completeness"])
 
 
+def test_grid_search_prefers_the_settings_that_reach_the_neighbour_purity_floor(split):
+  """Setting 0 adds one false neighbour (purity below 1, F1 2T/(2T+1)), setting 1 drops two true neighbours
+  (purity 1, F1 2(T-2)/(2T-2), lower): the score alone takes 0, a floor of 1 takes 1, and a floor that no setting
+  reaches falls back to the score."""
+  spurious = split.true_masks.copy()
+  assert not spurious[0, :4, :4].any()
+  spurious[0, :4, :4] = 9  # an empty corner: a predicted neighbour that matches nothing
+  dropped = split.true_masks.copy()
+  dropped[0][dropped[0] == 2] = 0
+  dropped[1][dropped[1] == 2] = 0
+  by_setting = {0: spurious, 1: dropped}
+  grid = [{"i": 0}, {"i": 1}]
+  truth = matching.evaluate(split.true_masks, split.true_masks, split.snr, split.truth)
+  n_true, n_nb = truth["n_true"], truth["n_true_neighbours"]
+  best, rows = protocol.grid_search(lambda s, _: by_setting[s["i"]], grid, split)
+  assert best == {"i": 0}
+  assert rows[0]["neighbour_purity"] == pytest.approx(n_nb / (n_nb + 1))
+  assert rows[0]["f1"] == pytest.approx(2 * n_true / (2 * n_true + 1))
+  assert rows[1]["neighbour_purity"] == pytest.approx(1.0)
+  assert rows[1]["f1"] == pytest.approx(2 * (n_true - 2) / (2 * n_true - 2))
+  assert rows[1]["neighbour_completeness"] == pytest.approx((n_nb - 2) / n_nb)
+  assert protocol.grid_search(lambda s, _: by_setting[s["i"]], grid, split, least_neighbour_purity=1.0)[0] == \
+    {"i": 1}
+  assert protocol.grid_search(lambda s, _: by_setting[s["i"]], grid, split, least_neighbour_purity=1.01)[0] == \
+    {"i": 0}
+
+
+def test_tuned_purity_is_the_mean_over_splits_of_the_tuned_baselines_purity(split):
+  options = labelling.LabelOptions()
+  one, settings = protocol.tuned_purity("SEP", protocol.SEP_GRID[:2], split, options)
+  best, rows = protocol.tune_baseline("SEP", protocol.SEP_GRID[:2], split, options, split.snr)
+  assert settings == [best]
+  assert one == pytest.approx(rows[protocol.SEP_GRID[:2].index(best)]["neighbour_purity"])
+  two, settings = protocol.tuned_purity("SEP", protocol.SEP_GRID[:2], [split, split], options)
+  assert two == pytest.approx(one) and settings == [best, best]
+
+
 def test_baselines_find_the_scene_objects(split):
   options = labelling.LabelOptions()
   for name, setting in (("SEP", protocol.SEP_GRID[3]), ("photutils", protocol.PHOTUTILS_GRID[4])):

@@ -119,10 +119,14 @@ def _mean_of_defined(values) -> float:
 
 
 def grid_search(masks_for: Callable[[Mapping, int], np.ndarray], grid: Sequence[Mapping],
-                splits: Split | Sequence[Split]) -> tuple[dict, list[dict]]:
+                splits: Split | Sequence[Split], least_neighbour_purity: float | None = None
+                ) -> tuple[dict, list[dict]]:
   """(best setting, one row per setting) by `matching.selection_score` on one tuning split, or on several (one
   per data distribution: the mean of their scores, so one setting serves them all). `masks_for(setting, i)`
-  segments split i. A row holds the mean of each metric over the splits (and, with several, each split's score)."""
+  segments split i. A row holds the mean of each metric over the splits (and, with several, each split's score).
+  With `least_neighbour_purity` the best is taken among the settings whose mean neighbour purity reaches it (the
+  issue's target is completeness at a purity of at least SEP's, which the score does not see); when none does,
+  among all. A setting that predicts no neighbours has no purity and does not reach it."""
   splits = as_splits(splits)
   rows = []
   for setting in grid:
@@ -131,7 +135,10 @@ def grid_search(masks_for: Callable[[Mapping, int], np.ndarray], grid: Sequence[
     if len(splits) > 1:
       row["selection_score_by_split"] = [float(m["selection_score"]) for m in per_split]
     rows.append(row)
-  best = max(rows, key=lambda r: np.nan_to_num(r["selection_score"], nan=-1.0))
+  eligible = rows
+  if least_neighbour_purity is not None:
+    eligible = [r for r in rows if r["neighbour_purity"] >= least_neighbour_purity] or rows  # NaN >= x is False
+  best = max(eligible, key=lambda r: np.nan_to_num(r["selection_score"], nan=-1.0))
   return {k: best[k] for k in grid[0]}, rows
 
 
@@ -140,6 +147,18 @@ def tune_baseline(name: str, grid: Sequence[Mapping], split: Split, options: lab
   """The best grid setting of baseline `name` on a tuning split. `snr_gri` is that split's gri S/N map
   (photutils' detection image before filtering; the scoring map itself)."""
   return grid_search(lambda s, _: baseline_masks(name, split.images, s, options, snr_gri), grid, split)
+
+
+def tuned_purity(name: str, grid: Sequence[Mapping], splits: Split | Sequence[Split],
+                 options: labelling.LabelOptions) -> tuple[float, list[dict]]:
+  """Baseline `name` tuned on each split in turn (as the scored runs tune it): the mean neighbour purity of its
+  best settings (the floor of `grid_search`'s `least_neighbour_purity`), and those settings."""
+  purities, settings = [], []
+  for split in as_splits(splits):
+    best, rows = tune_baseline(name, grid, split, options, split.snr)
+    purities.append(next(r for r in rows if all(r[k] == v for k, v in best.items()))["neighbour_purity"])
+    settings.append(best)
+  return _mean_of_defined(purities), settings
 
 
 def our_masks(fitted_by_share: Mapping[float, object], k: int, split: Split, options: labelling.LabelOptions,
@@ -173,14 +192,16 @@ def tune_refinements(fitted, k: int, splits: Split | Sequence[Split], options: l
                      faint_low: float = faint.FaintOptions().low, snr_sigma_px: float = 1.2,
                      chunk: int = 64, edge_levels: Sequence[float | None] = EDGE_LEVELS,
                      edge_peak_fractions: Sequence[float | None] = EDGE_PEAK_FRACTIONS,
-                     edge_min_peaks: Sequence[float | None] = EDGE_MIN_PEAKS) -> tuple[dict, list[dict]]:
+                     edge_min_peaks: Sequence[float | None] = EDGE_MIN_PEAKS,
+                     least_neighbour_purity: float | None = None) -> tuple[dict, list[dict]]:
   """Our deblending contrast and faint-source peak (None: no faint sources) chosen together on a tuning split,
   with the segmenter `fitted` and the crowded-field rule on (the full method), then the isophote of the mask
   edges (None: the clusters' own) with those two fixed, then (when a level was chosen) its peak fraction and the
   least peak of a kept neighbour segment (None: all kept) together; one hypercolumn pass, then each setting's
   refinements.
   Whether the faint sources are added and the edges moved at all is thus the data's choice. With several tuning
-  splits (one per data distribution) each setting is scored by their mean (`grid_search`)."""
+  splits (one per data distribution) each setting is scored by their mean (`grid_search`); each step prefers the
+  settings whose neighbour purity reaches `least_neighbour_purity` (`grid_search`)."""
   splits = as_splits(splits)
   object_pixels = [pipeline.foreground(fitted, k, split.images, chunk) for split in splits]
   snr = [pipeline.smoothed_snr(split.images, snr_sigma_px) for split in splits]
@@ -195,15 +216,16 @@ def tune_refinements(fitted, k: int, splits: Split | Sequence[Split], options: l
 
   grid = [{"deblend_contrast": float(c), "faint_peak": None if p is None else float(p)}
           for c in contrasts for p in faint_peaks]
-  best, rows = grid_search(masks_for, grid, splits)
+  best, rows = grid_search(masks_for, grid, splits, least_neighbour_purity)
   edge_grid = [{**best, "edge_level": None if e is None else float(e)} for e in edge_levels]
-  best, edge_rows = grid_search(masks_for, edge_grid, splits)
+  best, edge_rows = grid_search(masks_for, edge_grid, splits, least_neighbour_purity)
   fraction_rows = []
   if best["edge_level"] is not None:  # the two act on the same faint segments: chosen together
     fraction_grid = [{**best, "edge_peak_fraction": None if f is None else float(f),
                       "edge_min_peak": None if p is None else float(p)}
                      for f in edge_peak_fractions for p in edge_min_peaks]
-    best, fraction_rows = grid_search(masks_for, fraction_grid, splits)
+    best, fraction_rows = grid_search(masks_for, fraction_grid, splits,
+                                             least_neighbour_purity)
   return {"edge_peak_fraction": None, "edge_min_peak": None, **best}, rows + edge_rows + fraction_rows
 
 
