@@ -105,7 +105,8 @@ def test_tuned_purity_is_the_mean_over_splits_of_the_tuned_baselines_purity(spli
 
 def test_baselines_find_the_scene_objects(split):
   options = labelling.LabelOptions()
-  for name, setting in (("SEP", protocol.SEP_GRID[3]), ("photutils", protocol.PHOTUTILS_GRID[4])):
+  for name, setting in (("SEP", {"band": "gri", "thresh_sigma": 1.0, "deblend_cont": 0.001}),
+                        ("photutils", {"nsigma": 2.0, "contrast": 0.01, "fwhm_px": 2.5})):
     masks = protocol.baseline_masks(name, split.images, setting, options, split.snr)
     m = protocol.evaluate_split(masks, split)
     assert m["central_found"] == 1.0 and m["detection"]["recall"] >= 0.9, name
