@@ -227,8 +227,7 @@ def tune_refinements(fitted, k: int, splits: Split | Sequence[Split], options: l
     fraction_grid = [{**best, "edge_peak_fraction": None if f is None else float(f),
                       "edge_min_peak": None if p is None else float(p)}
                      for f in edge_peak_fractions for p in edge_min_peaks]
-    best, fraction_rows = grid_search(masks_for, fraction_grid, splits,
-                                             least_neighbour_purity)
+    best, fraction_rows = grid_search(masks_for, fraction_grid, splits, least_neighbour_purity)
   return {"edge_peak_fraction": None, "edge_min_peak": None, **best}, rows + edge_rows + fraction_rows
 
 

@@ -201,6 +201,10 @@ def protocol_lines(out: Mapping) -> list[str]:
                  f" (levels {edge_grid})" if edge_grid else "")
               + (f", then its peak fraction {r['best'].get('edge_peak_fraction')} and the least peak of a kept "
                  f"neighbour {r['best'].get('edge_min_peak')}" if edge is not None else "") + ".", ""]
+    if "least_neighbour_purity" in r:
+      floor = r["least_neighbour_purity"]
+      lines += [f"Neighbour purity floor of the choice: SEP's mean on the same tuning splits, {floor['SEP']:.3f} "
+                f"(SEP at {floor['sep_settings']}).", ""]
   checks = []
   for name, d in (out.get("distributions") or {}).items():
     first = next(iter(d["scores"].values()))
