@@ -120,10 +120,13 @@ def run_distribution(name: str, inputs, fitted, methods, k: int, options, deblen
   flooded = {n: int(f.sum()) for n, (_, f) in ours.items()}
   masks.update({n: m for n, (m, _) in ours.items()})
   scores = protocol.score_all(masks, score)
+  counts = {n: matching.per_cutout_counts(masks[n], score.true_masks, score.snr, score.truth)
+            for n in ("SEP", "photutils", protocol.FULL)}
   log(f"{name}: {len(masks)} methods scored on {len(score_rows)} cutouts", t0)
   return {"n_tune": len(tune_rows), "n_score": len(score_rows), "overrides": DISTRIBUTIONS[name],
           "source": inputs.source, "baseline_settings": chosen, "baseline_grids": grids, "scores": scores,
-          "flooded_cutouts": flooded, "checks": protocol.done_checks(scores, protocol.FULL)}
+          "flooded_cutouts": flooded, "checks": protocol.done_checks(scores, protocol.FULL),
+          "check_margins": protocol.check_margins(counts, protocol.FULL, seed=seed)}
 
 
 def main(argv=None) -> int:

@@ -132,3 +132,66 @@ def test_done_checks_by_hand():
   assert c["neighbour_completeness_and_purity_at_least_sep"]
   scores["ours"]["neighbour_purity"] = 0.55
   assert not protocol.done_checks(scores, "ours")["neighbour_completeness_and_purity_at_least_sep"]
+
+
+def _counts(n, central, mag, tp, fp, fn, nb):
+  nb_true, nb_found, nb_pred, nb_real = nb
+  full = lambda v: np.full(n, float(v))  # noqa: E731
+  return {"central_iou": np.asarray(central, float) * np.ones(n), "central_mag": np.asarray(mag, float),
+          "tp": full(tp), "fp": full(fp), "fn": full(fn), "nb_true": full(nb_true), "nb_found": full(nb_found),
+          "nb_pred": full(nb_pred), "nb_real": full(nb_real)}
+
+
+def test_check_margins_of_identical_cutouts_have_no_scatter():
+  """Every cutout alike: each margin is exact and every resample gives it (by hand: F1 2*3/(2*3+1+1) = 0.75 vs
+  SEP's 2*2/(2*2+0+2) = 0.667 and photutils' 2*3/(2*3+2+1) = 0.667; neighbours min(0.6-0.4, 0.9-0.8) = 0.1)."""
+  n = 40
+  mag = np.where(np.arange(n) % 2 == 0, 18.0, 22.0)  # bins < 19 and >= 21; 19-21 empty
+  counts = {"ours": _counts(n, 0.8, mag, 3, 1, 1, (10, 6, 10, 9)),
+            "SEP x": _counts(n, 0.7, mag, 2, 0, 2, (10, 4, 10, 8)),
+            "photutils y": _counts(n, 0.75, mag, 3, 2, 1, (10, 9, 10, 5))}
+  m = protocol.check_margins(counts, "ours", n_resamples=50)
+  assert m["central_iou < 19"]["margin"] == pytest.approx(0.05)
+  assert m["central_iou < 19"]["p5"] == pytest.approx(0.05) and m["central_iou < 19"]["verdict"] == "met"
+  assert m["central_iou 19-21"]["verdict"] == "undefined"
+  assert m["f1 S/N bin"]["margin"] == pytest.approx(0.75 - 2 / 3)
+  assert m["f1 S/N bin"]["p95"] == pytest.approx(0.75 - 2 / 3) and m["f1 S/N bin"]["verdict"] == "met"
+  assert m["neighbours"]["margin"] == pytest.approx(0.1)
+
+
+def test_check_margins_tell_a_noisy_difference_from_a_clear_one():
+  """Ours 0.1 better on half the cutouts and 0.1 worse on the others: within noise; 0.3 worse on all: missed."""
+  n = 200
+  mag = np.full(n, 22.0)
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.5, 0.7, n)
+  noisy = base + np.where(np.arange(n) % 2 == 0, 0.1, -0.1)
+  counts = {"ours": {**_counts(n, 0.0, mag, 3, 1, 1, (10, 6, 10, 9)), "central_iou": noisy},
+            "SEP": {**_counts(n, 0.0, mag, 2, 0, 2, (10, 4, 10, 8)), "central_iou": base},
+            "photutils": {**_counts(n, 0.0, mag, 3, 2, 1, (10, 9, 10, 5)), "central_iou": base - 0.3}}
+  m = protocol.check_margins(counts, "ours", n_resamples=400, seed=1)
+  assert m["central_iou >= 21"]["margin"] == pytest.approx(0.0, abs=1e-12)
+  assert m["central_iou >= 21"]["p5"] < 0 < m["central_iou >= 21"]["p95"]
+  assert m["central_iou >= 21"]["verdict"] == "within noise"
+  counts["ours"]["central_iou"] = base - 0.3
+  assert protocol.check_margins(counts, "ours", n_resamples=50)["central_iou >= 21"]["verdict"] == "missed"
+
+
+def test_per_cutout_counts_sum_to_the_evaluated_metrics(split):
+  """The per-cutout numbers are the pieces of `matching.evaluate`'s: summed (or averaged) they give its counts in
+  an S/N bin, neighbour completeness and purity, and central IoU, for a prediction with a false neighbour and
+  two missed ones."""
+  pred = split.true_masks.copy()
+  pred[0, :4, :4] = 9
+  pred[1][pred[1] == 2] = 0
+  pred[2][pred[2] == 1] = 0  # a missed central
+  m = matching.evaluate(pred, split.true_masks, split.snr, split.truth)
+  for snr_bin, label in (((-np.inf, 5.0), "< 5"), ((20.0, 50.0), "20-50")):  # the false one; 4 found, 1 missed
+    c = matching.per_cutout_counts(pred, split.true_masks, split.snr, split.truth, snr_bin)
+    row = [b for b in m["detection_by_snr"] if b["bin"] == label][0]
+    assert (c["tp"].sum(), c["fp"].sum(), c["fn"].sum()) == (row["tp"], row["fp"], row["fn"])
+    assert row["tp"] + row["fp"] + row["fn"] > 0
+  assert c["nb_found"].sum() / c["nb_true"].sum() == pytest.approx(m["neighbour_completeness"])
+  assert c["nb_real"].sum() / c["nb_pred"].sum() == pytest.approx(m["neighbour_purity"])
+  assert np.nanmean(c["central_iou"]) == pytest.approx(m["central_iou"])
+  assert c["nb_pred"].sum() == m["n_pred_neighbours"]

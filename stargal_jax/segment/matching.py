@@ -164,7 +164,7 @@ def bin_index(values: np.ndarray, bins: Sequence[float]) -> np.ndarray:
   return np.where(np.isfinite(values) | np.isinf(values), idx, -1)
 
 
-def _bin_label(lo: float, hi: float) -> str:
+def bin_label(lo: float, hi: float) -> str:
   if lo == -np.inf:
     return f"< {hi:g}"
   if hi == np.inf:
@@ -189,7 +189,7 @@ def detection_by_snr(table: ObjectTable, snr_bins: Sequence[float] = SNR_BINS) -
   for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
     found = table.true_match[t_bin == b] > 0
     fp = int(np.sum((table.pred_match == 0) & (p_bin == b)))
-    rows.append({"bin": _bin_label(lo, hi), "lo": float(lo), "hi": float(hi), "n_true": int(found.size),
+    rows.append({"bin": bin_label(lo, hi), "lo": float(lo), "hi": float(hi), "n_true": int(found.size),
                  **detection_counts(int(found.sum()), fp, int((~found).sum()))})
   return rows
 
@@ -204,7 +204,7 @@ def mean_by_bin(values: np.ndarray, keys: np.ndarray, bins: Sequence[float], nam
   """Mean of `values` per bin of `keys`."""
   idx = bin_index(keys, bins)
   edges = bin_edges(bins)
-  return [{"bin": _bin_label(lo, hi), "lo": float(lo), "hi": float(hi), "n": int(np.sum(idx == b)),
+  return [{"bin": bin_label(lo, hi), "lo": float(lo), "hi": float(hi), "n": int(np.sum(idx == b)),
            name: _mean(values[idx == b])} for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
 
 
@@ -265,6 +265,36 @@ def evaluate(pred_masks: np.ndarray, true_masks: np.ndarray, snr_map: np.ndarray
   out["object_iou_pooled"] = _rate(np.sum(obj_p & obj_t), np.sum(obj_p | obj_t))
   out["background_called_object"] = _rate(np.sum(obj_p & ~obj_t), np.sum(~obj_t))
   return out
+
+
+def per_cutout_counts(pred_masks: np.ndarray, true_masks: np.ndarray, snr_map: np.ndarray,
+                      truth: Mapping[str, np.ndarray] | None = None, snr_bin: tuple[float, float] = (5.0, 10.0),
+                      min_iou: float = MIN_IOU) -> dict[str, np.ndarray]:
+  """Per cutout (arrays of length N), the numbers the issue's targets are sums or means of, so that cutouts can
+  be resampled (`segment.protocol.check_margins`): `central_iou` and the central's true r magnitude
+  `central_mag`; `tp`, `fp`, `fn` in the S/N bin [lo, hi) (counted as `evaluate`'s `detection_by_snr`);
+  `nb_true`, `nb_found` (true neighbours, found as neighbours), `nb_pred`, `nb_real` (predicted neighbours, true
+  ones)."""
+  pred_masks, true_masks = np.asarray(pred_masks), np.asarray(true_masks)
+  n = len(true_masks)
+  table = object_table(pred_masks, true_masks, snr_map, None, min_iou)
+  lo, hi = snr_bin
+  t_in = (table.true_snr >= lo) & (table.true_snr < hi)
+  p_in = (table.pred_snr >= lo) & (table.pred_snr < hi)
+  found = table.true_match > 0
+  true_nb, pred_nb = table.true_label >= 2, table.pred_label >= 2
+
+  def per_image(image: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    return np.bincount(image, weights=weight.astype(np.float64), minlength=n)[:n]
+
+  central_mag = np.asarray(truth["mag"])[:n, 2] if truth is not None and "mag" in truth else np.full(n, np.nan)
+  return {"central_iou": central_iou(pred_masks, true_masks), "central_mag": np.asarray(central_mag, np.float64),
+          "tp": per_image(table.true_image, t_in & found), "fn": per_image(table.true_image, t_in & ~found),
+          "fp": per_image(table.pred_image, p_in & (table.pred_match == 0)),
+          "nb_true": per_image(table.true_image, true_nb),
+          "nb_found": per_image(table.true_image, true_nb & (table.true_match >= 2)),
+          "nb_pred": per_image(table.pred_image, pred_nb),
+          "nb_real": per_image(table.pred_image, pred_nb & (table.pred_match >= 2))}
 
 
 def gri_snr_map(images: np.ndarray) -> np.ndarray:

@@ -218,6 +218,13 @@ def protocol_lines(out: Mapping) -> list[str]:
     f1_key = next(key for key in c if key.startswith("f1_snr_") and key.endswith("_above_baselines"))
     checks.append({"distribution": name, "iou": str(c["central_iou_above_baselines_every_r_bin"]),
                    "f1": str(c[f1_key]), "nb": str(c["neighbour_completeness_and_purity_at_least_sep"])})
+    if "check_margins" in d:
+      lines += ["Margins of the full method over the best baseline, with the 5th-95th percentiles of a paired "
+                "bootstrap of the scored cutouts:", ""]
+      lines += markdown_table([{"target": t, **m} for t, m in d["check_margins"].items()],
+                              (("target", "target"), ("margin", "margin"), ("p5", "p5"), ("p95", "p95"),
+                               ("verdict", "verdict")))
+      lines += [""]
   if checks:
     lines += ["## Targets (the full method against the best of SEP and photutils)", ""]
     lines += markdown_table(checks, (("distribution", "distribution"), ("iou", "central IoU above both, every r bin"),
