@@ -19,8 +19,9 @@ fi
 nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/settings" --distributions= --skip-real \
   --tune-on=default,seeing_1.8,neighbours_x2,shallower_0.5 > "$OUT/settings.log" 2>&1
 # 2. Every method on each distribution's scored split; SEP's and photutils' best settings chosen on that
-#    distribution's own tuning split (their best), ours reused from step 1.
-for d in default seeing_1.8 neighbours_x2 shallower_0.5 deeper_0.5; do
+#    distribution's own tuning split (their best), ours reused from step 1. The last three are tuned on by none
+#    of ours; each JSON holds the targets' margins with a paired bootstrap of the scored cutouts.
+for d in default seeing_1.8 neighbours_x2 shallower_0.5 deeper_0.5 stars_0.6 no_neighbours; do
   nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/$d" --distributions=$d \
     --settings-from="$OUT/settings/segmentation_protocol.json" --skip-real > "$OUT/$d.log" 2>&1
 done
@@ -28,3 +29,5 @@ done
 #    default-data best.
 nice -n 10 $PY benchmarks/segmentation_protocol.py $COMMON --out="$OUT/real" --skip-sim \
   --settings-from="$OUT/default/segmentation_protocol.json" > "$OUT/real.log" 2>&1
+# 4. The targets' margins over every distribution: one table and a figure (OUT/check_margins.png).
+$PY benchmarks/segmentation_margins.py "$OUT" > "$OUT/check_margins.md"

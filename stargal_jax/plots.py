@@ -22,7 +22,7 @@ DPI = 120
 GRI_BANDS = (3, 2, 1)  # red = i, green = r, blue = g
 
 
-def _save(figure: Figure, path) -> Path:
+def save_figure(figure: Figure, path) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   figure.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -41,7 +41,7 @@ def plot_roc(curves: Mapping[str, tuple], path, title: str = "ROC: galaxies posi
            ylabel="true positive rate (galaxy completeness)", title=title, aspect="equal")
   axes.legend(loc="lower right", fontsize=8)
   axes.grid(alpha=0.3)
-  return _save(figure, path)
+  return save_figure(figure, path)
 
 
 def plot_latents(latents2d, labels, path, max_points: int = 20000, seed: int = 0,
@@ -67,7 +67,7 @@ def plot_latents(latents2d, labels, path, max_points: int = 20000, seed: int = 0
                    rasterized=True)
   axes.set(xlabel=axis_names[0], ylabel=axis_names[1], title="latent space by class")
   axes.legend(markerscale=3, fontsize=8)
-  return _save(figure, path)
+  return save_figure(figure, path)
 
 
 def plot_score_histograms(score, labels, threshold: float | None, path, bins: int = 60) -> Path:
@@ -86,7 +86,7 @@ def plot_score_histograms(score, labels, threshold: float | None, path, bins: in
     axes.axvline(threshold, color="k", ls="--", lw=1, label=f"prior threshold {threshold:.3g}")
   axes.set(xlabel="score (larger = galaxy)", ylabel="objects", title="score by class")
   axes.legend(fontsize=8)
-  return _save(figure, path)
+  return save_figure(figure, path)
 
 
 def _bin_values(bins: Sequence[dict], key: str) -> np.ndarray:
@@ -114,7 +114,7 @@ def plot_auc_vs_mag(by_mag: Mapping[str, Sequence[dict]], path) -> Path:
   auc_axes.legend(fontsize=7)
   figure.suptitle("by r magnitude")
   figure.tight_layout()
-  return _save(figure, path)
+  return save_figure(figure, path)
 
 
 def plot_seed_distribution(aucs, path, quantity: str = "AUC") -> Path:
@@ -137,7 +137,7 @@ def plot_seed_distribution(aucs, path, quantity: str = "AUC") -> Path:
   axes.set(ylabel=f"{quantity} per seed", xlim=(-0.7, len(groups) - 0.3))
   axes.set_title(f"{quantity} over seeds", pad=28)
   axes.grid(alpha=0.3, axis="y")
-  return _save(figure, path)
+  return save_figure(figure, path)
 
 
 def gri_composite(image, Q: float = 8.0) -> np.ndarray:
@@ -170,7 +170,7 @@ def plot_image_grid(images, titles: Sequence[str] | None, path, columns: int = 8
       axes.imshow(gri_composite(cutouts[index]), origin="lower", interpolation="nearest")
       if titles is not None:
         axes.set_title(str(titles[index]), fontsize=7)
-  return _save(figure, path)
+  return save_figure(figure, path)
 
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], path, title: str = "training") -> Path:
@@ -199,7 +199,7 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path, title: st
     axes.set_axis_off()
   figure.suptitle(title)
   figure.tight_layout()
-  return _save(figure, path)
+  return save_figure(figure, path)
 
 
 def plot_segmentation_overlay(image, seg_map, is_galaxy, x, y, path, sky_sigma: float,
@@ -234,4 +234,4 @@ def plot_segmentation_overlay(image, seg_map, is_galaxy, x, y, path, sky_sigma: 
              ylabel="y (r-band pixel, 0-based)")
   figure.suptitle(title or "segmentation map: galaxies blue, point-like orange")
   figure.tight_layout()
-  return _save(figure, path)
+  return save_figure(figure, path)

@@ -32,3 +32,12 @@ def test_segmentation_figures_are_written(tmp_path):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   picked = figures.pick_examples(None, masks, 2, seed=0)
   assert len(picked) == 2 and np.all(np.diff(picked) > 0)
+
+
+def test_check_margins_figure_is_written(tmp_path):
+  margins = {"default": {"f1": {"margin": 0.02, "p5": 0.01, "p95": 0.03, "verdict": "met"},
+                         "nb": {"margin": float("nan"), "p5": float("nan"), "p95": float("nan"),
+                                "verdict": "undefined"}},
+             "shifted": {"f1": {"margin": -0.01, "p5": -0.03, "p95": 0.01, "verdict": "within noise"}}}
+  path = figures.plot_check_margins(margins, tmp_path / "m.png")
+  assert path.is_file() and path.stat().st_size > 1000

@@ -151,11 +151,11 @@ def test_check_margins_of_identical_cutouts_have_no_scatter():
             "SEP x": _counts(n, 0.7, mag, 2, 0, 2, (10, 4, 10, 8)),
             "photutils y": _counts(n, 0.75, mag, 3, 2, 1, (10, 9, 10, 5))}
   m = protocol.check_margins(counts, "ours", n_resamples=50)
-  assert m["central_iou < 19"]["margin"] == pytest.approx(0.05)
-  assert m["central_iou < 19"]["p5"] == pytest.approx(0.05) and m["central_iou < 19"]["verdict"] == "met"
-  assert m["central_iou 19-21"]["verdict"] == "undefined"
-  assert m["f1 S/N bin"]["margin"] == pytest.approx(0.75 - 2 / 3)
-  assert m["f1 S/N bin"]["p95"] == pytest.approx(0.75 - 2 / 3) and m["f1 S/N bin"]["verdict"] == "met"
+  assert m["central IoU r < 19"]["margin"] == pytest.approx(0.05)
+  assert m["central IoU r < 19"]["p5"] == pytest.approx(0.05) and m["central IoU r < 19"]["verdict"] == "met"
+  assert m["central IoU r 19-21"]["verdict"] == "undefined"
+  assert m["F1 (S/N bin)"]["margin"] == pytest.approx(0.75 - 2 / 3)
+  assert m["F1 (S/N bin)"]["p95"] == pytest.approx(0.75 - 2 / 3) and m["F1 (S/N bin)"]["verdict"] == "met"
   assert m["neighbours"]["margin"] == pytest.approx(0.1)
 
 
@@ -170,11 +170,11 @@ def test_check_margins_tell_a_noisy_difference_from_a_clear_one():
             "SEP": {**_counts(n, 0.0, mag, 2, 0, 2, (10, 4, 10, 8)), "central_iou": base},
             "photutils": {**_counts(n, 0.0, mag, 3, 2, 1, (10, 9, 10, 5)), "central_iou": base - 0.3}}
   m = protocol.check_margins(counts, "ours", n_resamples=400, seed=1)
-  assert m["central_iou >= 21"]["margin"] == pytest.approx(0.0, abs=1e-12)
-  assert m["central_iou >= 21"]["p5"] < 0 < m["central_iou >= 21"]["p95"]
-  assert m["central_iou >= 21"]["verdict"] == "within noise"
+  assert m["central IoU r >= 21"]["margin"] == pytest.approx(0.0, abs=1e-12)
+  assert m["central IoU r >= 21"]["p5"] < 0 < m["central IoU r >= 21"]["p95"]
+  assert m["central IoU r >= 21"]["verdict"] == "within noise"
   counts["ours"]["central_iou"] = base - 0.3
-  assert protocol.check_margins(counts, "ours", n_resamples=50)["central_iou >= 21"]["verdict"] == "missed"
+  assert protocol.check_margins(counts, "ours", n_resamples=50)["central IoU r >= 21"]["verdict"] == "missed"
 
 
 def test_per_cutout_counts_sum_to_the_evaluated_metrics(split):

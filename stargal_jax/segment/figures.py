@@ -121,3 +121,31 @@ def plot_masked_examples(images: np.ndarray, masked: np.ndarray, masks: np.ndarr
   path.parent.mkdir(parents=True, exist_ok=True)
   figure.savefig(path, dpi=100, pil_kwargs={"optimize": True})
   return path
+
+
+VERDICT_COLOURS = {"met": "tab:green", "missed": "tab:red", "within noise": "tab:orange", "undefined": "0.6"}
+
+
+def plot_check_margins(margins: Mapping[str, Mapping[str, Mapping]], path) -> Path:
+  """One panel per target of the issue: per distribution (rows), the margin of ours over the best baseline
+  (`segment.protocol.check_margins`) with its 5-95% bootstrap interval, coloured by the verdict; 0 is the bar."""
+  names = list(margins)
+  targets = list(dict.fromkeys(t for m in margins.values() for t in m))
+  figure = Figure(figsize=(2.3 * len(targets), 0.35 * len(names) + 1.0), layout="constrained")
+  axes = figure.subplots(1, len(targets), sharey=True, squeeze=False)[0]
+  y = np.arange(len(names))[::-1]
+  for ax, target in zip(axes, targets):
+    for yi, name in zip(y, names):
+      m = margins[name].get(target)
+      if m is None or not np.isfinite(m["margin"]):
+        continue
+      lo, hi = m["margin"] - m["p5"], m["p95"] - m["margin"]
+      ax.errorbar(m["margin"], yi, xerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="o", ms=4, capsize=2,
+                  color=VERDICT_COLOURS.get(m["verdict"], "k"))
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_title(target, fontsize=8)
+    ax.tick_params(labelsize=7)
+  axes[0].set_yticks(y)
+  axes[0].set_yticklabels(names, fontsize=7)
+  figure.supxlabel("ours minus the best baseline (5-95% paired bootstrap)", fontsize=8)
+  return plots.save_figure(figure, path)

@@ -270,9 +270,9 @@ def _margins(counts: Mapping[str, Mapping[str, np.ndarray]], ours: str, sep: str
       c, mag = counts[name]["central_iou"][rows], counts[name]["central_mag"][rows]
       keep = np.isfinite(c) & (mag >= lo) & (mag < hi)
       return _ratio(np.where(keep, c, 0.0).sum(axis=-1), keep.sum(axis=-1))
-    out[f"central_iou {matching.bin_label(lo, hi)}"] = mean_central(ours) - np.fmax(mean_central(sep),
+    out[f"central IoU r {matching.bin_label(lo, hi)}"] = mean_central(ours) - np.fmax(mean_central(sep),
                                                                                       mean_central(phot))
-  out["f1 S/N bin"] = f1(ours) - np.fmax(f1(sep), f1(phot))
+  out["F1 (S/N bin)"] = f1(ours) - np.fmax(f1(sep), f1(phot))
   completeness = {n: _ratio(summed(n, "nb_found"), summed(n, "nb_true")) for n in (ours, sep)}
   purity = {n: _ratio(summed(n, "nb_real"), summed(n, "nb_pred")) for n in (ours, sep)}
   out["neighbours"] = np.fmin(completeness[ours] - completeness[sep], purity[ours] - purity[sep])
