@@ -23,6 +23,9 @@ def test_cell_config_is_shifted_sized_and_seeded():
   assert small.data.sim_params.r_faint_limit == 23.5 and small.num_seeds == 4
   assert (small.data.default_n_labelled, small.data.default_n_unlabelled) == (1000, 2000)
   assert small.ae.train.steps == full.ae.train.steps // 4 and small.vae.train.steps == full.vae.train.steps // 4
+  full_bootstrap = cells.cell_config(cells.CellSpec("bootstrap.py", "default", "full", 1))
+  small_bootstrap = cells.cell_config(cells.CellSpec("bootstrap.py", "default", "small", 1))
+  assert small_bootstrap.classifier.train.steps == full_bootstrap.classifier.train.steps // 4 == 500
   smoke = cells.cell_config(cells.CellSpec("cvae.py:study", "default", "smoke", 1))
   assert smoke.to_dict() == dict(load_config("cvae", "study,smoke").to_dict(), num_seeds=1,
                                  eval=dict(smoke.eval.to_dict(), plots=False))

@@ -43,7 +43,7 @@ def _small(config: ml_collections.ConfigDict) -> None:
   config.data.default_n_unlabelled = 2000
   config.data.normalizer_sample = 1000
   config.score.fit_size = 1000
-  for stage in (config.ae, config.vae):
+  for stage in (config[name] for name in ("ae", "vae", "classifier") if name in config):
     if "train" in stage:
       stage.train.steps = max(50, stage.train.steps // 4)
       stage.train.checkpoint_every = max(25, stage.train.steps // 4)
