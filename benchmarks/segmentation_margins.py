@@ -17,9 +17,10 @@ from stargal_jax.segment import figures  # noqa: E402
 
 
 def collect(out: Path) -> dict[str, dict]:
-  """distribution -> its check margins, in the order the folders sort."""
+  """distribution -> its check margins, the default data first, then in the order the folders sort."""
   margins = {}
-  for path in [*out.glob("segmentation_protocol.json"), *sorted(out.glob("*/segmentation_protocol.json"))]:
+  below = sorted(out.glob("*/segmentation_protocol.json"), key=lambda p: (p.parent.name != "default", p.parent.name))
+  for path in [*out.glob("segmentation_protocol.json"), *below]:
     for name, d in json.loads(path.read_text()).get("distributions", {}).items():
       if "check_margins" in d:
         margins[name] = d["check_margins"]
