@@ -157,6 +157,8 @@ def test_check_margins_of_identical_cutouts_have_no_scatter():
   assert m["F1 (S/N bin)"]["margin"] == pytest.approx(0.75 - 2 / 3)
   assert m["F1 (S/N bin)"]["p95"] == pytest.approx(0.75 - 2 / 3) and m["F1 (S/N bin)"]["verdict"] == "met"
   assert m["neighbours"]["margin"] == pytest.approx(0.1)
+  lonely = {name: {**c, "nb_true": np.zeros(n), "nb_found": np.zeros(n)} for name, c in counts.items()}
+  assert protocol.check_margins(lonely, "ours", n_resamples=10)["neighbours"]["verdict"] == "undefined"
 
 
 def test_check_margins_tell_a_noisy_difference_from_a_clear_one():

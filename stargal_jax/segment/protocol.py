@@ -275,7 +275,8 @@ def _margins(counts: Mapping[str, Mapping[str, np.ndarray]], ours: str, sep: str
   out["F1 (S/N bin)"] = f1(ours) - np.fmax(f1(sep), f1(phot))
   completeness = {n: _ratio(summed(n, "nb_found"), summed(n, "nb_true")) for n in (ours, sep)}
   purity = {n: _ratio(summed(n, "nb_real"), summed(n, "nb_pred")) for n in (ours, sep)}
-  out["neighbours"] = np.fmin(completeness[ours] - completeness[sep], purity[ours] - purity[sep])
+  # Undefined (NaN) when either is: a set without true neighbours has no completeness.
+  out["neighbours"] = np.minimum(completeness[ours] - completeness[sep], purity[ours] - purity[sep])
   return out
 
 
