@@ -22,8 +22,9 @@ def collect(out: Path) -> dict[str, dict]:
   below = sorted(out.glob("*/segmentation_protocol.json"), key=lambda p: (p.parent.name != "default", p.parent.name))
   for path in [*out.glob("segmentation_protocol.json"), *below]:
     for name, d in json.loads(path.read_text()).get("distributions", {}).items():
-      if "check_margins" in d:
-        margins[name] = d["check_margins"]
+      if "check_margins" in d:  # JSON writes an undefined margin as null
+        margins[name] = {t: {k: float("nan") if v is None else v for k, v in m.items()}
+                         for t, m in d["check_margins"].items()}
   return margins
 
 
@@ -31,8 +32,8 @@ def table_lines(margins: dict[str, dict]) -> list[str]:
   targets = list(dict.fromkeys(t for m in margins.values() for t in m))
   lines = ["| data | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
   for name, m in margins.items():
-    cells = [f"{m[t]['margin']:+.3f} [{m[t]['p5']:+.3f}, {m[t]['p95']:+.3f}] {m[t]['verdict']}" if t in m else ""
-             for t in targets]
+    cells = [f"{m[t]['margin']:+.3f} [{m[t]['p5']:+.3f}, {m[t]['p95']:+.3f}] {m[t]['verdict']}"
+             if t in m and m[t]["verdict"] != "undefined" else "-" for t in targets]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return lines
 
