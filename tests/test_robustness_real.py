@@ -73,3 +73,27 @@ def test_subset_of_a_packed_store_keeps_its_structured_index(tmp_path):
   np.testing.assert_array_equal(subset.rows, chosen)
   np.testing.assert_array_equal(subset.index["file"], store.index["file"][chosen])
   np.testing.assert_array_equal(subset.read(np.arange(3)), images[chosen, 0])
+
+
+def test_a_real_cell_finished_before_its_default_cell_gains_the_two_sample_check(tmp_path, monkeypatch):
+  """The check is added from the saved seed-0 score (equal to `two_sample` on it), once; a cell whose default cell
+  has not finished is left as it is."""
+  from stargal_jax.robustness import cells
+  rng = np.random.default_rng(2)
+  spec = cells.CellSpec("bootstrap.py:no_reference", cells.REAL, "smoke", 1)
+  directory = cells.cell_dir(tmp_path, spec)
+  directory.mkdir(parents=True)
+  real_m, sim_m = _measurements(200, rng), _measurements(300, rng)
+  score, sim_score = rng.normal(1, 2, 200), rng.normal(size=300)
+  np.savez(directory / "predictions.npz", score=score[None].astype(np.float32))
+  cells.write_cell(directory, {"spec": {}, "n_real": 200})
+  monkeypatch.setattr(real, "_default_cell_scores", lambda out, s: None)
+  assert "two_sample" not in real.add_two_sample(tmp_path, spec, log=lambda *_: None)
+  monkeypatch.setattr(real, "_default_cell_scores", lambda out, s: (sim_score, sim_m))
+  monkeypatch.setattr(real, "real_store", lambda config, size, log: "store")
+  monkeypatch.setattr(real, "_real_measurements", lambda store: real_m)
+  cell = real.add_two_sample(tmp_path, spec, log=lambda *_: None)
+  expected = real.two_sample(score.astype(np.float32).astype(np.float64), real_m, sim_score, sim_m, (19.0, 21.0))
+  assert cell["two_sample"][3]["ks_score"] == pytest.approx(expected[3]["ks_score"])
+  assert cells.finished(tmp_path, spec)["two_sample"][0]["ks_sdss_index"] == pytest.approx(
+    expected[0]["ks_sdss_index"])

@@ -68,6 +68,10 @@ def run_protocol(out: str | Path, configs: Sequence[tuple[str, int]], distributi
     except Exception:  # one failed cell must not stop a night of others; it stays unfinished and is retried
       log(f"[robustness] cell {spec.name} failed:\n{traceback.format_exc()}")
     table.write_tables(out, collect(out, specs), stem)
+  if not table_only:  # a real cell finished before its default cell lacks the check against it
+    for spec in specs:
+      if spec.distribution == cells.REAL:
+        real.add_two_sample(out, spec, log)
   paths = table.write_tables(out, collect(out, specs), stem)
   missing = [s.name for s in specs if cells.finished(out, s) is None]
   log(f"[robustness] {len(specs) - len(missing)}/{len(specs)} cells finished; tables {paths[0]}, {paths[1]}"
