@@ -147,6 +147,9 @@ def main(argv=None) -> int:
                            "real frames, SEP's and photutils' best settings on the default data")
   parser.add_argument("--segmenters", default=None,
                       help="folder caching the fitted segmenters (default: --out), shared by several runs")
+  parser.add_argument("--split-seed", type=int, default=None,
+                      help="seed of the tuning / scored draw of each distribution (default: the run's seed); another "
+                           "value measures how much the choice and the verdicts depend on the draw")
   parser.add_argument("--skip-sim", action="store_true")
   parser.add_argument("--skip-real", action="store_true")
   args = parser.parse_args(argv)
@@ -164,6 +167,7 @@ def main(argv=None) -> int:
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
   config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+  split_seed = int(config.seed) if args.split_seed is None else args.split_seed
   # Settings a run made before them (deblending, crowding) take today's defaults.
   config.seg = ml_collections.ConfigDict({**segmentation_config.seg_config().to_dict(), **config.seg.to_dict()})
   sc = config.seg
@@ -188,7 +192,7 @@ def main(argv=None) -> int:
     raise SystemExit("--shares: the first (the pure segmenter's) must be 0")
   methods = protocol.our_methods(shares[1])
   log(f"segmenters fitted (flood limits {[f.segmenters[k].flood_limit for f in fitted.values()]})", t0)
-  results = {"command": " ".join(sys.argv), "run": str(run), "k": k,
+  results = {"command": " ".join(sys.argv), "run": str(run), "k": k, "split_seed": split_seed,
              "selection": "mean of central-object IoU and detection F1 on the tuning splits, among the settings whose "
                           "mean neighbour purity there is at least SEP's (all, when none is)",
              "matching": matching.__doc__.split("\n\n")[1], "distributions": {}}
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
       tunes = []
       for name in tune_on:
         inputs = inputs_for(name)
-        tune_rows, _ = protocol.split_rows(len(inputs.labelled), args.n_tune, args.n_score, seed=config.seed)
+        tune_rows, _ = protocol.split_rows(len(inputs.labelled), args.n_tune, args.n_score, seed=split_seed)
         tunes.append(protocol.make_split(inputs.labelled.read, inputs.truth, tune_rows))
       base = deblend.DeblendOptions.from_config(sc)
       # The neighbour target (purity at least SEP's) as a floor on the choice: SEP tuned on the same splits.
@@ -225,7 +229,7 @@ def main(argv=None) -> int:
       inputs = inputs_for(name)
       results["distributions"][name] = run_distribution(name, inputs, fitted, methods, k, options, deblending,
                                                         faint_options, edge_options, (args.n_tune, args.n_score),
-                                                        config.seed, t0)
+                                                        split_seed, t0)
       json_path.write_text(json.dumps(metrics.to_json_safe(results), indent=1))
       md_path.write_text("\n".join(segment_report.protocol_lines(metrics.to_json_safe(results))))
   if not args.skip_real:
