@@ -278,9 +278,8 @@ def per_cutout_counts(pred_masks: np.ndarray, true_masks: np.ndarray, snr_map: n
   pred_masks, true_masks = np.asarray(pred_masks), np.asarray(true_masks)
   n = len(true_masks)
   table = object_table(pred_masks, true_masks, snr_map, None, min_iou)
-  lo, hi = snr_bin
-  t_in = (table.true_snr >= lo) & (table.true_snr < hi)
-  p_in = (table.pred_snr >= lo) & (table.pred_snr < hi)
+  t_in = bin_index(table.true_snr, snr_bin) == 1  # the bin [lo, hi), as `detection_by_snr` bins
+  p_in = bin_index(table.pred_snr, snr_bin) == 1
   found = table.true_match > 0
   true_nb, pred_nb = table.true_label >= 2, table.pred_label >= 2
 

@@ -263,15 +263,16 @@ def _margins(counts: Mapping[str, Mapping[str, np.ndarray]], ours: str, sep: str
   def f1(name):
     return _ratio(2 * summed(name, "tp"), 2 * summed(name, "tp") + summed(name, "fp") + summed(name, "fn"))
 
+  def mean_central(name, lo, hi):
+    c, mag = counts[name]["central_iou"][rows], counts[name]["central_mag"][rows]
+    keep = np.isfinite(c) & (mag >= lo) & (mag < hi)
+    return _ratio(np.where(keep, c, 0.0).sum(axis=-1), keep.sum(axis=-1))
+
   out = {}
-  edges = matching.bin_edges(mag_bins)
-  for lo, hi in zip(edges[:-1], edges[1:]):
-    def mean_central(name):
-      c, mag = counts[name]["central_iou"][rows], counts[name]["central_mag"][rows]
-      keep = np.isfinite(c) & (mag >= lo) & (mag < hi)
-      return _ratio(np.where(keep, c, 0.0).sum(axis=-1), keep.sum(axis=-1))
-    out[f"central IoU r {matching.bin_label(lo, hi)}"] = mean_central(ours) - np.fmax(mean_central(sep),
-                                                                                      mean_central(phot))
+  mag_edges = matching.bin_edges(mag_bins)
+  for lo, hi in zip(mag_edges[:-1], mag_edges[1:]):
+    out[f"central IoU r {matching.bin_label(lo, hi)}"] = (
+      mean_central(ours, lo, hi) - np.fmax(mean_central(sep, lo, hi), mean_central(phot, lo, hi)))
   out["F1 (S/N bin)"] = f1(ours) - np.fmax(f1(sep), f1(phot))
   completeness = {n: _ratio(summed(n, "nb_found"), summed(n, "nb_true")) for n in (ours, sep)}
   purity = {n: _ratio(summed(n, "nb_real"), summed(n, "nb_pred")) for n in (ours, sep)}
