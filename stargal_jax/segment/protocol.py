@@ -20,12 +20,12 @@ from stargal_jax.segment import deblend, edges, faint, labelling, matching, phot
 
 # Each baseline's grid reaches past the settings it chose on every distribution so far (a best at the grid's edge
 # is not its best): SEP's deblend contrast to 1e-4, photutils' threshold to 10 sigma and its filter to a FWHM
-# near the seeing (4 px = 1.6").
+# near the seeing (4 px = 1.6"). Ours too: it had chosen its smallest contrast, 0.001, so it reaches 1e-4 like SEP's.
 SEP_GRID = tuple({"band": "gri", "thresh_sigma": t, "deblend_cont": c}
                  for t in (0.8, 1.0, 1.5, 2.0, 3.0) for c in (0.0001, 0.001, 0.005, 0.05))
 PHOTUTILS_GRID = tuple({"nsigma": s, "contrast": c, "fwhm_px": f}
                        for s in (1.5, 2.0, 3.0, 5.0, 7.0, 10.0) for c in (0.001, 0.01, 0.1) for f in (2.5, 4.0))
-DEBLEND_CONTRASTS = (0.001, 0.005, 0.02, 0.1)
+DEBLEND_CONTRASTS = (0.0001, 0.0003, 0.001, 0.005, 0.02, 0.1)
 FAINT_PEAKS = (None, 4.0, 5.0, 6.0)  # sigma of the smoothed S/N map (its own robust noise); None = no faint sources
 EDGE_LEVELS = (None, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)  # the same map's sigma; None = the clusters' own
 EDGE_PEAK_FRACTIONS = (None, 0.3, 0.5, 0.7)  # None = one level for every segment
