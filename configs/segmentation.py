@@ -41,7 +41,8 @@ def seg_config(smoke: bool = False) -> ml_collections.ConfigDict:
   # `deblend_min_area` pixels, over `deblend_levels` levels from `deblend_floor` sigma to its peak.
   seg.deblend = True
   seg.deblend_levels = 32
-  seg.deblend_contrast = 0.0003  # the protocol's choice on four distributions' tuning splits (1e-4 to 0.1 tried; flat below 1e-3)
+  # The protocol's choice on four distributions' tuning splits (1e-4 to 0.1 tried; the score is flat below 1e-3).
+  seg.deblend_contrast = 0.0003
   seg.deblend_min_area = 5
   seg.deblend_floor = 1.0
   # Crowded fields (segment/crowding.py): a cutout whose object-pixel fraction exceeds the `flood_quantile` of the
